@@ -1,0 +1,2 @@
+//! The `mesh` command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! mesh-net (being written).

@@ -1,0 +1,1 @@
+//! mesh-qemu (being written).

@@ -1,0 +1,2 @@
+//! Project automation behind `cargo xtask`.
+fn main() {}
