@@ -1,1 +1,2 @@
 //! mesh-qemu (being written).
+pub mod initramfs;
