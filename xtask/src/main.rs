@@ -14,7 +14,8 @@ usage: cargo xtask <command> [args]
 
   mesh ARGS...   install missing system packages, build missing base images, run `mesh up ARGS`
   test           install missing system packages, build base images, run the whole test suite
-  ci             fmt check, clippy (warnings denied), the test suite, rustdoc (warnings denied)
+  lint           fmt check, clippy (warnings denied), rustdoc (warnings denied)
+  ci             lint, then the test suite
   bench          benchmarks against reference tools, measured in the same run
   deps           install the missing system packages (apt-get, --no-install-recommends)
   image [ARCH..] build (or reuse) the base images (default: x86_64 aarch64)
@@ -42,6 +43,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
         "mesh" => mesh(rest),
         "test" => test(rest),
         "ci" => ci(),
+        "lint" => {
+            lint()?;
+            Ok(ExitCode::SUCCESS)
+        }
         "bench" => bench::run(rest),
         "deps" => {
             deps::ensure()?;
@@ -156,11 +161,15 @@ fn test(extra: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
 }
 
-fn ci() -> Result<ExitCode> {
-    let started = std::time::Instant::now();
+fn lint() -> Result<()> {
     check(cargo().args(["fmt", "--all", "--check"]))?;
     check(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    check(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    check(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))
+}
+
+fn ci() -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    lint()?;
     let code = test(&[])?;
     eprintln!("xtask ci: finished in {:.0} s", started.elapsed().as_secs_f64());
     Ok(code)
