@@ -1,0 +1,223 @@
+//! Mapping of POSIX names to the identifiers of the primary volume (ISO 9660 level 1:
+//! d-characters, 8.3) and of the Joliet volume (UCS-2, at most 64 characters).
+
+use std::collections::BTreeSet;
+
+/// Longest Joliet identifier, in UCS-2 characters.
+pub(crate) const JOLIET_MAX_CHARS: usize = 64;
+
+/// A primary-volume name: the parts of an 8.3 identifier.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct PrimaryName {
+    /// Name part, 1 to 8 d-characters.
+    pub base: String,
+    /// Extension, 0 to 3 d-characters; always empty for directories.
+    pub ext: String,
+    /// Directories carry no `.` separator and no `;1` version.
+    pub is_dir: bool,
+}
+
+impl PrimaryName {
+    /// The file identifier as recorded: `BASE.EXT;1` for files, `BASE` for directories.
+    pub(crate) fn identifier(&self) -> Vec<u8> {
+        if self.is_dir {
+            self.base.as_bytes().to_vec()
+        } else {
+            format!("{}.{};1", self.base, self.ext).into_bytes()
+        }
+    }
+
+    /// The name a reader that strips versions and trailing dots shows (Linux with `norock`
+    /// shows `BASE.EXT` or `BASE`); two entries of a directory must never share it.
+    pub(crate) fn visible(&self) -> String {
+        if self.ext.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}.{}", self.base, self.ext)
+        }
+    }
+}
+
+/// Maps one character to a d-character (`A-Z`, `0-9`, `_`).
+fn d_char(c: char) -> char {
+    match c {
+        'a'..='z' => c.to_ascii_uppercase(),
+        'A'..='Z' | '0'..='9' | '_' => c,
+        _ => '_',
+    }
+}
+
+fn d_string(s: &str, max: usize) -> String {
+    s.chars().map(d_char).take(max).collect()
+}
+
+/// The 8.3 name `name` maps to before collisions are resolved.
+pub(crate) fn primary_natural(name: &str, is_dir: bool) -> PrimaryName {
+    // A leading dot (`.bashrc`) is not an empty name with a long extension: keep the
+    // word as the name part.
+    let stripped = name.trim_start_matches('.');
+    let (base, ext) = match (is_dir, stripped.rfind('.')) {
+        (false, Some(dot)) => (&stripped[..dot], &stripped[dot + 1..]),
+        _ => (stripped, ""),
+    };
+    let mut base = d_string(base, 8);
+    if base.is_empty() {
+        base.push('_');
+    }
+    PrimaryName { base, ext: d_string(ext, 3), is_dir }
+}
+
+/// Assigns unique 8.3 names to the entries of one directory.
+///
+/// `entries` are `(name, is_dir)` in a deterministic order; the result is in the same
+/// order. An entry whose natural name is unique keeps it; the others (all but the first
+/// holder of a shared name) get the natural name part cut to make room for `_N`, with the
+/// smallest `N` that collides with no other name of the directory.
+pub(crate) fn assign_primary(entries: &[(&str, bool)]) -> Vec<PrimaryName> {
+    let natural: Vec<PrimaryName> =
+        entries.iter().map(|(name, is_dir)| primary_natural(name, *is_dir)).collect();
+    let mut taken: BTreeSet<String> = natural.iter().map(PrimaryName::visible).collect();
+    let mut claimed = BTreeSet::new();
+
+    natural
+        .into_iter()
+        .map(|name| {
+            if claimed.insert(name.visible()) {
+                return name;
+            }
+            let mut n = 1u32;
+            loop {
+                let suffix = format!("_{n}");
+                let keep = 8 - suffix.len();
+                let base: String = name.base.chars().take(keep).collect::<String>() + &suffix;
+                let candidate = PrimaryName { base, ..name.clone() };
+                if taken.insert(candidate.visible()) {
+                    claimed.insert(candidate.visible());
+                    return candidate;
+                }
+                n += 1;
+            }
+        })
+        .collect()
+}
+
+/// The Joliet identifier (UCS-2 big-endian bytes) for `name`.
+///
+/// Characters Joliet forbids (controls, `* / : ; ? \`) and characters outside the Basic
+/// Multilingual Plane become `_`. Names longer than 64 characters are cut; a short
+/// extension (up to 16 characters with its dot) is kept.
+pub(crate) fn joliet_name(name: &str) -> Vec<u8> {
+    let units: Vec<u16> = name
+        .chars()
+        .map(|c| match c {
+            '\0'..='\u{1f}' | '*' | '/' | ':' | ';' | '?' | '\\' => '_' as u16,
+            c if (c as u32) > 0xFFFF => '_' as u16,
+            c => c as u16,
+        })
+        .collect();
+
+    let cut = if units.len() <= JOLIET_MAX_CHARS {
+        units
+    } else {
+        let dot = units.iter().rposition(|&u| u == '.' as u16).filter(|&d| d > 0);
+        match dot {
+            Some(d) if units.len() - d <= 16 => {
+                let ext = &units[d..];
+                let mut out = units[..JOLIET_MAX_CHARS - ext.len()].to_vec();
+                out.extend_from_slice(ext);
+                out
+            }
+            _ => units[..JOLIET_MAX_CHARS].to_vec(),
+        }
+    };
+    cut.iter().flat_map(|u| u.to_be_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str, is_dir: bool) -> String {
+        String::from_utf8(primary_natural(name, is_dir).identifier()).expect("ascii")
+    }
+
+    #[test]
+    fn natural_primary_names_follow_level_1_rules() {
+        assert_eq!(id("build.sh", false), "BUILD.SH;1");
+        assert_eq!(id("README", false), "README.;1");
+        assert_eq!(id("a-very-long-name.tar.gz", false), "A_VERY_L.GZ;1");
+        assert_eq!(id(".bashrc", false), "BASHRC.;1");
+        assert_eq!(id("scripts", true), "SCRIPTS");
+        assert_eq!(id("my.dir.name", true), "MY_DIR_N");
+        assert_eq!(id("...", false), "_.;1");
+        assert_eq!(id("données.json", false), "DONN_ES.JSO;1");
+    }
+
+    #[test]
+    fn identifiers_use_only_d_characters() {
+        for name in ["ü∂ß", "a b", "x+y=z", "(1)", "~tmp", "ÅÄÖ.tXt"] {
+            let n = primary_natural(name, false);
+            let ok = |s: &str| {
+                s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            };
+            assert!(ok(&n.base) && ok(&n.ext), "{name:?} -> {n:?}");
+            assert!((1..=8).contains(&n.base.len()) && n.ext.len() <= 3);
+        }
+    }
+
+    #[test]
+    fn collisions_get_deterministic_suffixes() {
+        let names = assign_primary(&[
+            ("longfilename1.txt", false),
+            ("longfilename2.txt", false),
+            ("LONGFI_1.TXT", false),
+            ("longfilename3.txt", false),
+        ]);
+        let shown: Vec<String> = names.iter().map(PrimaryName::visible).collect();
+        // The literal LONGFI_1.TXT keeps its name; the second collider skips to _2.
+        assert_eq!(shown, ["LONGFILE.TXT", "LONGFI_2.TXT", "LONGFI_1.TXT", "LONGFI_3.TXT"]);
+    }
+
+    #[test]
+    fn files_without_extension_and_dirs_share_one_namespace() {
+        let names = assign_primary(&[("foo", true), ("foo", false), ("FOO.", false)]);
+        let shown: BTreeSet<String> = names.iter().map(PrimaryName::visible).collect();
+        assert_eq!(shown.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn many_collisions_stay_unique_and_valid() {
+        let owned: Vec<String> = (0..1500).map(|i| format!("same-prefix-{i}.log")).collect();
+        let entries: Vec<(&str, bool)> = owned.iter().map(|s| (s.as_str(), false)).collect();
+        let names = assign_primary(&entries);
+        let shown: BTreeSet<String> = names.iter().map(PrimaryName::visible).collect();
+        assert_eq!(shown.len(), 1500);
+        assert!(names.iter().all(|n| n.base.len() <= 8));
+    }
+
+    fn joliet(name: &str) -> String {
+        let units: Vec<u16> =
+            joliet_name(name).chunks(2).map(|p| u16::from_be_bytes([p[0], p[1]])).collect();
+        String::from_utf16(&units).expect("valid UCS-2")
+    }
+
+    #[test]
+    fn joliet_keeps_names_that_fit() {
+        assert_eq!(joliet("build.sh"), "build.sh");
+        assert_eq!(joliet("Données été.txt"), "Données été.txt");
+        assert_eq!(joliet("a:b?c*d;e\\f"), "a_b_c_d_e_f");
+        assert_eq!(joliet("smile😀"), "smile_");
+        let exact = "x".repeat(64);
+        assert_eq!(joliet(&exact), exact);
+    }
+
+    #[test]
+    fn joliet_cuts_long_names_keeping_the_extension() {
+        let long = format!("{}.tar.gz", "n".repeat(80));
+        let cut = joliet(&long);
+        assert_eq!(cut.chars().count(), 64);
+        assert!(cut.ends_with(".gz"), "{cut}");
+        let no_ext = "m".repeat(70);
+        assert_eq!(joliet(&no_ext), "m".repeat(64));
+    }
+}
