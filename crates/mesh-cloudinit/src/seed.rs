@@ -1,0 +1,347 @@
+//! The NoCloud seed: its files, its instance-id, and the ISO9660 or vfat image holding them.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{is_host_name, CloudConfig, RenderError};
+use crate::metadata::{validate_meta_data, MetaData, MetaDataError};
+use crate::network::{validate_network_config, NetworkConfig, NetworkConfigError};
+use crate::userdata::{parse_user_data, UserDataError};
+use crate::vfat::{vfat_image, VfatError};
+
+/// Volume label NoCloud looks for on an ISO9660 seed.
+pub const ISO_LABEL: &str = "cidata";
+/// Volume label NoCloud looks for on a vfat seed.
+pub const VFAT_LABEL: &str = "CIDATA";
+/// Mode of the files in an ISO seed (Rock Ridge).
+const ISO_FILE_MODE: u32 = 0o444;
+
+/// Why a seed could not be built or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// The cloud-config is invalid.
+    #[error("cannot render user-data")]
+    RenderUserData(#[source] RenderError),
+    /// The network configuration is invalid.
+    #[error("cannot render network-config")]
+    RenderNetworkConfig(#[source] NetworkConfigError),
+    /// The meta-data could not be written.
+    #[error("cannot render meta-data")]
+    RenderMetaData(#[source] MetaDataError),
+    /// The node name is not a valid host name.
+    #[error("local-hostname {name:?} is not a valid host name")]
+    CheckLocalHostname {
+        /// The offending name.
+        name: String,
+    },
+    /// Supplied user-data is invalid.
+    #[error("user-data rejected")]
+    CheckUserData(#[source] UserDataError),
+    /// Supplied vendor-data is invalid.
+    #[error("vendor-data rejected")]
+    CheckVendorData(#[source] UserDataError),
+    /// Supplied meta-data is invalid.
+    #[error("meta-data rejected")]
+    CheckMetaData(#[source] MetaDataError),
+    /// Supplied network-config is invalid.
+    #[error("network-config rejected")]
+    CheckNetworkConfig(#[source] NetworkConfigError),
+    /// mesh-iso refused a file.
+    #[error("cannot add {name} to the ISO tree")]
+    BuildIsoTree {
+        /// The seed file.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: mesh_iso::TreeError,
+    },
+    /// Writing the ISO image failed.
+    #[error("cannot write ISO seed {path}")]
+    WriteIso {
+        /// The temporary file being written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: mesh_iso::WriteError,
+    },
+    /// Building the vfat image failed.
+    #[error("cannot build vfat seed for {path}")]
+    BuildVfat {
+        /// The destination.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: VfatError,
+    },
+    /// Writing the vfat image failed.
+    #[error("cannot write vfat seed {path}")]
+    WriteVfat {
+        /// The temporary file being written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Moving the finished image into place failed.
+    #[error("cannot rename {from} to {to}")]
+    Rename {
+        /// The temporary file.
+        from: PathBuf,
+        /// The destination.
+        to: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The files of a NoCloud seed, all checked.
+///
+/// # Examples
+/// ```
+/// use mesh_cloudinit::{CloudConfig, Seed};
+///
+/// let config = CloudConfig { hostname: Some("node-1".into()), ..CloudConfig::default() };
+/// let seed = Seed::new(&config, "node-1", None).unwrap();
+/// assert!(seed.instance_id().starts_with("iid-"));
+/// let names: Vec<&str> = seed.files().iter().map(|(name, _)| *name).collect();
+/// assert_eq!(names, ["user-data", "meta-data"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seed {
+    user_data: Vec<u8>,
+    meta_data: Vec<u8>,
+    network_config: Option<Vec<u8>>,
+    vendor_data: Option<Vec<u8>>,
+    instance_id: String,
+    /// Set when we wrote meta-data ourselves (and so derive the instance-id from content).
+    local_hostname: Option<String>,
+}
+
+impl Seed {
+    /// Builds a seed from typed parts; the instance-id is derived from all seed content.
+    pub fn new(
+        user_data: &CloudConfig,
+        local_hostname: &str,
+        network: Option<&NetworkConfig>,
+    ) -> Result<Self, SeedError> {
+        if !is_host_name(local_hostname) {
+            return Err(SeedError::CheckLocalHostname { name: local_hostname.to_owned() });
+        }
+        let user_data = user_data.render().map_err(SeedError::RenderUserData)?.into_bytes();
+        let network_config = network
+            .map(|n| n.render().map_err(SeedError::RenderNetworkConfig))
+            .transpose()?
+            .map(String::into_bytes);
+
+        let mut seed = Seed {
+            user_data,
+            meta_data: Vec::new(),
+            network_config,
+            vendor_data: None,
+            instance_id: String::new(),
+            local_hostname: Some(local_hostname.to_owned()),
+        };
+        seed.derive_meta_data()?;
+        Ok(seed)
+    }
+
+    /// Builds a seed from user-supplied files (the `cloud-localds` inputs), checking all of
+    /// them before anything is written.
+    ///
+    /// user-data and vendor-data are normalised as [`parse_user_data`] describes; meta-data
+    /// and network-config are kept byte for byte.
+    pub fn from_files(
+        user_data: &[u8],
+        meta_data: &[u8],
+        network_config: Option<&[u8]>,
+        vendor_data: Option<&[u8]>,
+    ) -> Result<Self, SeedError> {
+        let user_data = parse_user_data(user_data).map_err(SeedError::CheckUserData)?;
+        let instance_id = validate_meta_data(meta_data).map_err(SeedError::CheckMetaData)?;
+        if let Some(network_config) = network_config {
+            validate_network_config(network_config).map_err(SeedError::CheckNetworkConfig)?;
+        }
+        let vendor_data = vendor_data
+            .map(|v| parse_user_data(v).map_err(SeedError::CheckVendorData))
+            .transpose()?;
+
+        Ok(Seed {
+            user_data: user_data.as_bytes().to_vec(),
+            meta_data: meta_data.to_vec(),
+            network_config: network_config.map(<[u8]>::to_vec),
+            vendor_data: vendor_data.map(|v| v.as_bytes().to_vec()),
+            instance_id,
+            local_hostname: None,
+        })
+    }
+
+    /// Adds vendor-data (checked like user-data). For a seed built by [`Seed::new`], the
+    /// instance-id changes with it.
+    pub fn with_vendor_data(mut self, vendor: &[u8]) -> Result<Self, SeedError> {
+        let vendor = parse_user_data(vendor).map_err(SeedError::CheckVendorData)?;
+        self.vendor_data = Some(vendor.as_bytes().to_vec());
+        if self.local_hostname.is_some() {
+            self.derive_meta_data()?;
+        }
+        Ok(self)
+    }
+
+    /// The instance-id written in (or read from) meta-data.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The seed files as `(name, contents)`: `user-data`, `meta-data`, then `network-config`
+    /// and `vendor-data` when present.
+    pub fn files(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files: Vec<(&'static str, &[u8])> =
+            vec![("user-data", &self.user_data), ("meta-data", &self.meta_data)];
+        if let Some(network_config) = &self.network_config {
+            files.push(("network-config", network_config));
+        }
+        if let Some(vendor_data) = &self.vendor_data {
+            files.push(("vendor-data", vendor_data));
+        }
+        files
+    }
+
+    /// Writes the seed as an ISO9660 image labelled `cidata` (Rock Ridge and Joliet), via a
+    /// temporary file renamed into place.
+    pub fn write_iso(&self, out: &Path) -> Result<(), SeedError> {
+        let mut tree = mesh_iso::IsoTree::new();
+        for (name, contents) in self.files() {
+            tree.add_file_bytes(name, contents.to_vec(), ISO_FILE_MODE)
+                .map_err(|source| SeedError::BuildIsoTree { name, source })?;
+        }
+        let mut options = mesh_iso::IsoOptions::new(ISO_LABEL);
+        options.rock_ridge = true;
+        options.joliet = true;
+
+        let temp = temp_path(out);
+        if let Err(source) = mesh_iso::write_iso_file(&tree, &options, &temp) {
+            let _ = fs::remove_file(&temp);
+            return Err(SeedError::WriteIso { path: temp, source });
+        }
+        rename_into_place(&temp, out)
+    }
+
+    /// Writes the seed as a FAT12 image labelled `CIDATA` in the boot sector and in the root
+    /// directory, via a temporary file renamed into place.
+    pub fn write_vfat(&self, out: &Path) -> Result<(), SeedError> {
+        let image = vfat_image(&self.files(), VFAT_LABEL, self.volume_serial())
+            .map_err(|source| SeedError::BuildVfat { path: out.to_owned(), source })?;
+
+        let temp = temp_path(out);
+        let written = fs::File::create(&temp).and_then(|mut file| {
+            file.write_all(&image)?;
+            file.sync_all()
+        });
+        if let Err(source) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(SeedError::WriteVfat { path: temp, source });
+        }
+        rename_into_place(&temp, out)
+    }
+
+    /// Recomputes the instance-id from the content and rewrites meta-data.
+    fn derive_meta_data(&mut self) -> Result<(), SeedError> {
+        let local_hostname = self.local_hostname.clone().unwrap_or_default();
+        let mut hasher = Sha256::new();
+        let fields: [(&str, Option<&[u8]>); 4] = [
+            ("user-data", Some(&self.user_data)),
+            ("local-hostname", Some(local_hostname.as_bytes())),
+            ("network-config", self.network_config.as_deref()),
+            ("vendor-data", self.vendor_data.as_deref()),
+        ];
+        for (name, contents) in fields {
+            // Length-prefixed so that moving bytes between files changes the hash.
+            hasher.update(name.as_bytes());
+            match contents {
+                Some(contents) => {
+                    hasher.update([1]);
+                    hasher.update((contents.len() as u64).to_le_bytes());
+                    hasher.update(contents);
+                }
+                None => hasher.update([0]),
+            }
+        }
+        self.instance_id = format!("iid-{}", &hex::encode(hasher.finalize())[..16]);
+
+        let meta = MetaData { instance_id: self.instance_id.clone(), local_hostname };
+        self.meta_data = meta.render().map_err(SeedError::RenderMetaData)?.into_bytes();
+        Ok(())
+    }
+
+    /// FAT volume serial derived from the instance-id, so images are reproducible.
+    fn volume_serial(&self) -> u32 {
+        let digest = Sha256::digest(self.instance_id.as_bytes());
+        u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
+    }
+}
+
+/// A sibling of `out`, so the final rename stays on one filesystem.
+fn temp_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn rename_into_place(temp: &Path, out: &Path) -> Result<(), SeedError> {
+    fs::rename(temp, out).map_err(|source| {
+        let _ = fs::remove_file(temp);
+        SeedError::Rename { from: temp.to_owned(), to: out.to_owned(), source }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Command;
+
+    fn config(command: &str) -> CloudConfig {
+        CloudConfig { runcmd: vec![Command::from(command)], ..CloudConfig::default() }
+    }
+
+    #[test]
+    fn same_content_gives_same_instance_id() {
+        let a = Seed::new(&config("true"), "n1", None).expect("valid");
+        let b = Seed::new(&config("true"), "n1", None).expect("valid");
+        assert_eq!(a.instance_id(), b.instance_id());
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn any_change_gives_a_new_instance_id() {
+        let base = Seed::new(&config("true"), "n1", None).expect("valid");
+        let other_command = Seed::new(&config("false"), "n1", None).expect("valid");
+        let other_name = Seed::new(&config("true"), "n2", None).expect("valid");
+        let with_net =
+            Seed::new(&config("true"), "n1", Some(&NetworkConfig::default())).expect("valid");
+        let with_vendor = base.clone().with_vendor_data(b"#cloud-config\n").expect("valid");
+        let ids =
+            [&base, &other_command, &other_name, &with_net, &with_vendor].map(Seed::instance_id);
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn meta_data_carries_the_instance_id() {
+        let seed = Seed::new(&config("true"), "n1", None).expect("valid");
+        let id = validate_meta_data(&seed.meta_data).expect("our meta-data validates");
+        assert_eq!(id, seed.instance_id());
+    }
+
+    #[test]
+    fn from_files_keeps_the_supplied_instance_id() {
+        let seed = Seed::from_files(b"#!/bin/sh\n", b"instance-id: abc\n", None, None).expect("ok");
+        assert_eq!(seed.instance_id(), "abc");
+        let seed = seed.with_vendor_data(b"#!/bin/sh\n").expect("ok");
+        assert_eq!(seed.instance_id(), "abc");
+    }
+}
