@@ -90,48 +90,58 @@ pub(crate) fn nm(name: &str) -> Vec<Vec<u8>> {
 /// SL: a symbolic link target as component records, packed into as many SL entries as
 /// needed. Relative, absolute and dangling targets are all representable; repeated and
 /// trailing slashes are not (RRIP has no component for them) and are dropped.
+///
+/// Readers disagree on what an entry boundary between two whole components means (Linux
+/// inserts a `/`, libarchive does not), so every boundary falls inside a component that
+/// carries the component-continue flag: a long name is cut there, and where the next
+/// component is `.`, `..` or there is no room left, an empty continued component closes
+/// the entry. Both readings then give the same target.
 pub(crate) fn sl(target: &str) -> Vec<Vec<u8>> {
     const COMPONENT_CONTINUE: u8 = 0x01;
     const CURRENT: u8 = 0x02;
     const PARENT: u8 = 0x04;
     const ROOT: u8 = 0x08;
     const ENTRY_CONTINUE: u8 = 0x01;
-    // A component record is a flags byte, a length byte and the content.
-    const MAX_CONTENT: usize = MAX_FLAGGED_BODY - 2;
+    // Room for component records in one entry, keeping 2 bytes for a closing empty
+    // continued component.
+    const ROOM: usize = MAX_FLAGGED_BODY - 2;
 
-    let mut records: Vec<Vec<u8>> = Vec::new();
+    let mut components: Vec<(u8, &[u8])> = Vec::new();
     if target.starts_with('/') {
-        records.push(vec![ROOT, 0]);
+        components.push((ROOT, &[]));
     }
     for part in target.split('/').filter(|p| !p.is_empty()) {
-        match part {
-            "." => records.push(vec![CURRENT, 0]),
-            ".." => records.push(vec![PARENT, 0]),
-            _ => {
-                let pieces: Vec<&[u8]> = part.as_bytes().chunks(MAX_CONTENT).collect();
-                let last = pieces.len() - 1;
-                for (i, piece) in pieces.iter().enumerate() {
-                    let flags = if i < last { COMPONENT_CONTINUE } else { 0 };
-                    let mut r = vec![flags, piece.len() as u8];
-                    r.extend_from_slice(piece);
-                    records.push(r);
-                }
+        components.push(match part {
+            "." => (CURRENT, &[]),
+            ".." => (PARENT, &[]),
+            _ => (0, part.as_bytes()),
+        });
+    }
+
+    let mut bodies: Vec<Vec<u8>> = vec![Vec::new()];
+    for (flags, mut content) in components {
+        loop {
+            let body = bodies.last_mut().expect("bodies starts non-empty");
+            let space = ROOM - body.len();
+            if 2 + content.len() <= space {
+                body.extend_from_slice(&[flags, content.len() as u8]);
+                body.extend_from_slice(content);
+                break;
             }
+            if flags == 0 && space >= 3 {
+                let (head, tail) = content.split_at(space - 2);
+                body.extend_from_slice(&[COMPONENT_CONTINUE, head.len() as u8]);
+                body.extend_from_slice(head);
+                content = tail;
+            } else {
+                body.extend_from_slice(&[COMPONENT_CONTINUE, 0]);
+            }
+            bodies.push(Vec::new());
         }
     }
 
-    // Group records into entries of at most MAX_FLAGGED_BODY bytes of records each.
-    let mut groups: Vec<Vec<u8>> = vec![Vec::new()];
-    for r in records {
-        let current = groups.last_mut().expect("groups starts non-empty");
-        if !current.is_empty() && current.len() + r.len() > MAX_FLAGGED_BODY {
-            groups.push(r);
-        } else {
-            current.extend_from_slice(&r);
-        }
-    }
-    let last = groups.len() - 1;
-    groups
+    let last = bodies.len() - 1;
+    bodies
         .into_iter()
         .enumerate()
         .map(|(i, body)| {
@@ -301,17 +311,59 @@ mod tests {
         assert_eq!(&rel[0][5..], &[4, 0, 0, 1, b'x']);
     }
 
+    /// Decodes SL entries the way Linux does: a `/` between components unless the
+    /// earlier one carries the continue flag.
+    fn decode(entries: &[Vec<u8>]) -> String {
+        let mut out = String::new();
+        let mut continued = true;
+        for e in entries {
+            let mut body = &e[5..];
+            while body.len() >= 2 {
+                let (flags, len) = (body[0], body[1] as usize);
+                if !continued && !out.ends_with('/') {
+                    out.push('/');
+                }
+                match flags & !1 {
+                    0 => out.push_str(std::str::from_utf8(&body[2..2 + len]).expect("utf8")),
+                    2 => out.push('.'),
+                    4 => out.push_str(".."),
+                    8 => out.push('/'),
+                    _ => panic!("unexpected flags {flags}"),
+                }
+                continued = flags & 1 == 1;
+                body = &body[2 + len..];
+            }
+        }
+        out
+    }
+
     #[test]
-    fn long_symlink_targets_span_entries_and_components() {
-        let target = format!("{}/{}", "a".repeat(300), "b".repeat(10));
-        let e = sl(&target);
-        assert!(e.len() >= 2);
-        assert!(e.iter().all(|x| x.len() <= 255));
-        assert_eq!(e[0][4], 1, "first entry continues");
-        assert_eq!(e.last().expect("entries")[4], 0);
-        // First component record is cut with the component-continue flag.
-        assert_eq!(e[0][5], 1);
-        assert_eq!(e[0][6] as usize, 248);
+    fn long_symlink_targets_break_entries_only_inside_continued_components() {
+        let parts: Vec<String> =
+            (0..12).map(|i| format!("component-{i}-{}", "x".repeat(40))).collect();
+        let mut targets = vec![parts.join("/"), format!("{}/{}", "a".repeat(300), "b".repeat(10))];
+        let dots = (0..200).map(|_| "..").collect::<Vec<_>>().join("/");
+        targets.push(format!("/{dots}/end"));
+        for target in targets {
+            let e = sl(&target);
+            assert!(e.len() >= 2, "{target} needs several entries");
+            assert!(e.iter().all(|x| x.len() <= 255));
+            for (i, entry) in e.iter().enumerate() {
+                let last = i + 1 == e.len();
+                assert_eq!(entry[4], u8::from(!last), "entry continue flag");
+                if !last {
+                    // The last component record of a non-final entry is continued.
+                    let mut body = &entry[5..];
+                    let mut flags = 0;
+                    while body.len() >= 2 {
+                        flags = body[0];
+                        body = &body[2 + body[1] as usize..];
+                    }
+                    assert_eq!(flags & 1, 1, "entry {i} of {target:.20} ends mid-component");
+                }
+            }
+            assert_eq!(decode(&e), target);
+        }
     }
 
     #[test]

@@ -246,26 +246,38 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
         .mode(0o644)
         .open(&tmp)
         .map_err(|source| WriteError::CreateTemp { path: tmp.clone(), source })?;
-    let result = write_iso(tree, opts, &mut file)
-        .and_then(|_| {
-            file.sync_all().map_err(|source| WriteError::SyncTemp { path: tmp.clone(), source })
-        })
-        .and_then(|()| {
-            fs::rename(&tmp, out).map_err(|source| WriteError::RenameTemp {
-                from: tmp.clone(),
-                to: out.to_owned(),
-                source,
-            })
-        });
+    // Removes the temporary file on every way out, panics included, until disarmed.
+    let mut guard = TempGuard { path: Some(tmp.as_path()) };
+
+    write_iso(tree, opts, &mut file)?;
+    file.sync_all().map_err(|source| WriteError::SyncTemp { path: tmp.clone(), source })?;
     drop(file);
-    if result.is_err() {
-        // Best effort: the original error is what the caller needs to see.
-        let _ = fs::remove_file(&tmp);
-    } else if let Ok(d) = File::open(dir) {
-        // Make the rename itself durable; failure here loses nothing already promised.
+    fs::rename(&tmp, out).map_err(|source| WriteError::RenameTemp {
+        from: tmp.clone(),
+        to: out.to_owned(),
+        source,
+    })?;
+    guard.path = None;
+
+    if let Ok(d) = File::open(dir) {
+        // Makes the rename itself durable; the image is complete either way.
         let _ = d.sync_all();
     }
-    result
+    Ok(())
+}
+
+/// Deletes a temporary file when dropped, unless `path` was cleared.
+struct TempGuard<'p> {
+    path: Option<&'p Path>,
+}
+
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.path {
+            // Best effort: the error being propagated is what the caller needs to see.
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 fn check_label(label: &str, joliet: bool) -> Result<(), WriteError> {
