@@ -47,8 +47,14 @@ pub const PACKAGES: &[&str] = &[
 
 /// Packages taken from bookworm-backports when the host's qemu-utils comes from there (QEMU's
 /// packages must all be of one version).
-const QEMU_PACKAGES: &[&str] =
-    &["qemu-system-x86", "qemu-system-arm", "qemu-utils", "qemu-user-static", "qemu-system-common", "qemu-system-data"];
+const QEMU_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "qemu-utils",
+    "qemu-user-static",
+    "qemu-system-common",
+    "qemu-system-data",
+];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -83,7 +89,10 @@ pub fn ensure() -> Result<()> {
         missing.join(" ")
     );
     if !nix_is_root() || !is_debian() {
-        bail!("missing system packages: {}; as root on Debian 12 run: {command}", missing.join(" "));
+        bail!(
+            "missing system packages: {}; as root on Debian 12 run: {command}",
+            missing.join(" ")
+        );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     if backports {
@@ -95,7 +104,12 @@ pub fn ensure() -> Result<()> {
     }
     crate::check(Command::new("apt-get").args(["update", "-q"]))?;
     let mut install = Command::new("apt-get");
-    install.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-q", "--no-install-recommends"]);
+    install.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ]);
     if backports {
         // Only QEMU's own packages follow the backports version; the rest stay on bookworm.
         for p in &missing {

@@ -75,7 +75,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
 
 /// The workspace root (the parent of this crate's directory).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo() -> Command {
@@ -97,7 +100,9 @@ pub fn check(cmd: &mut Command) -> Result<()> {
 /// Builds the `mesh` binary and returns its path.
 pub fn mesh_binary() -> Result<PathBuf> {
     check(cargo().args(["build", "--quiet", "-p", "mesh-cli", "--bin", "mesh"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
     Ok(target.join("debug/mesh"))
 }
 

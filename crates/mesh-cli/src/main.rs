@@ -1,2 +1,679 @@
-//! The `mesh` command line.
-fn main() {}
+//! `mesh`: stand up a mesh of QEMU VMs (x86_64 and aarch64 on one virtual network), run
+//! commands on every node, inject faults, and tear it all down.
+//!
+//! Argument parsing, progress, tables and JSON only: every decision lives in `mesh-core`.
+
+mod report;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use mesh_core::{AccelChoice, MeshPlan, MeshSpec, Progress, SpecOverrides, UpOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "mesh",
+    version,
+    about = "Meshes of QEMU VMs for cross-architecture protocol testing"
+)]
+struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a mesh, wait until every node is ready, run the action (or the built-in
+    /// connectivity check) on all nodes, report, and tear down.
+    Up(UpArgs),
+    /// Show meshes and their nodes.
+    Status {
+        /// Mesh name (all meshes if omitted).
+        name: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on nodes of a running mesh.
+    Exec {
+        /// Mesh name.
+        name: String,
+        /// Only these nodes (repeatable).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Seconds before a node's command is stopped.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The command; `{name}`, `{ip_address}`, `{arch}`, `{index}`, `{peers}` are filled in.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Open an SSH session (or run a command) on one node, with the pinned host key.
+    Ssh {
+        /// Mesh name.
+        name: String,
+        /// Node name.
+        node: String,
+        /// Command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Follow a node's serial console log.
+    Console {
+        /// Mesh name.
+        name: String,
+        /// Node name.
+        node: String,
+    },
+    /// Tear down a mesh (or all meshes).
+    Down {
+        /// Mesh name.
+        name: Option<String>,
+        /// Every mesh not owned by a running `mesh up`.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
+    /// Remove what crashed or killed runs left behind.
+    Gc,
+    /// Base images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Write a NoCloud seed (a drop-in for cloud-localds).
+    Seed {
+        /// Output image.
+        out: PathBuf,
+        /// user-data file.
+        #[arg(long)]
+        user_data: PathBuf,
+        /// meta-data file.
+        #[arg(long)]
+        meta_data: PathBuf,
+        /// network-config file (v2).
+        #[arg(long)]
+        network_config: Option<PathBuf>,
+        /// vendor-data file.
+        #[arg(long)]
+        vendor_data: Option<PathBuf>,
+        /// Image format.
+        #[arg(long, value_enum, default_value = "iso")]
+        format: SeedFormat,
+    },
+    /// Write an ISO9660 image (Rock Ridge + Joliet) of a directory.
+    Iso {
+        /// Output image.
+        out: PathBuf,
+        /// Directory to image.
+        dir: PathBuf,
+        /// Volume label.
+        #[arg(long, default_value = "CDROM")]
+        label: String,
+        /// Fixed timestamp (seconds since the epoch) for reproducible output; defaults to
+        /// $SOURCE_DATE_EPOCH when set.
+        #[arg(long)]
+        timestamp: Option<i64>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SeedFormat {
+    Iso,
+    Vfat,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build a Debian 12 base image from Debian packages (cached; reused when the recipe is
+    /// unchanged).
+    Build {
+        /// x86_64 or aarch64.
+        #[arg(long)]
+        arch: String,
+    },
+    /// Download an official Debian cloud image and verify its SHA512 checksum.
+    Pull {
+        /// Release, e.g. debian-12.
+        release: String,
+        /// x86_64 or aarch64.
+        #[arg(long)]
+        arch: String,
+        /// Base URL of the image directory.
+        #[arg(long, default_value = "https://cloud.debian.org/images/cloud/bookworm/latest")]
+        url: String,
+    },
+    /// Adopt a local disk image (format probed from its magic bytes).
+    Import {
+        /// The image file.
+        path: PathBuf,
+        /// x86_64 or aarch64.
+        #[arg(long)]
+        arch: String,
+    },
+    /// List cached images.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached images (an arch or an image id).
+    Rm {
+        /// Arch or id.
+        target: String,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Number of x86_64 nodes.
+    #[arg(long)]
+    n_x86: Option<usize>,
+    /// Number of aarch64 nodes.
+    #[arg(long)]
+    n_aarch: Option<usize>,
+    /// Mesh name (a-z, 0-9, '-'; at most 16).
+    #[arg(long)]
+    name: Option<String>,
+    /// A mesh.toml; flags override it.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Repository to inject (path or URL); default: the git repository around the current
+    /// directory.
+    #[arg(long)]
+    repo: Option<String>,
+    /// Branch or tag of the repository.
+    #[arg(long)]
+    branch: Option<String>,
+    /// Build command run once per arch on the host (`{target}`, `{arch}`, `$MESH_OUT`).
+    #[arg(long)]
+    build: Option<String>,
+    /// Inject no repository.
+    #[arg(long, conflicts_with_all = ["repo", "branch", "build"])]
+    no_repo: bool,
+    /// Command run on every node once ready (templated); default: the connectivity check.
+    #[arg(long)]
+    action: Option<String>,
+    /// Memory per node, MiB.
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Leave the mesh running afterwards (`mesh down NAME` removes it).
+    #[arg(long)]
+    keep: bool,
+    /// JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Also write a JUnit XML report.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    /// Seconds each node may take to become ready (default scales with the accelerator).
+    #[arg(long)]
+    ready_timeout: Option<u64>,
+    /// Seconds the action may run per node.
+    #[arg(long, default_value_t = 1800)]
+    action_timeout: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The whole cause chain on one line.
+fn chain(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Status { name, json } => status(name, json),
+        Command::Exec { name, nodes, json, timeout, command } => {
+            exec(&name, &nodes, json, timeout, &command).await
+        }
+        Command::Ssh { name, node, command } => ssh(&name, &node, &command),
+        Command::Console { name, node } => console(&name, &node).await,
+        Command::Down { name, all } => down(name, all).await,
+        Command::Gc => gc().await,
+        Command::Image(cmd) => image(cmd).await,
+        Command::Seed { out, user_data, meta_data, network_config, vendor_data, format } => {
+            seed(out, user_data, meta_data, network_config, vendor_data, format)
+        }
+        Command::Iso { out, dir, label, timestamp } => iso(out, dir, label, timestamp),
+    }
+}
+
+fn progress_printer() -> mesh_core::ProgressFn {
+    let tty = std::io::stderr().is_terminal();
+    Arc::new(move |p: &Progress| {
+        let line = match p {
+            Progress::Step { what } => format!("==> {what}"),
+            Progress::Node { node, phase, secs } => format!("    {node:<10} {phase} ({secs:.1} s)"),
+            Progress::NodeFailed { node, phase, error } => {
+                format!("    {node:<10} FAILED after {phase}: {error}")
+            }
+        };
+        let _ = tty;
+        eprintln!("{line}");
+    })
+}
+
+async fn up(args: UpArgs) -> Result<ExitCode> {
+    let file = args.file.as_deref().map(mesh_core::MeshFile::load).transpose()?;
+    let flags = SpecOverrides {
+        name: args.name.clone(),
+        n_x86: args.n_x86,
+        n_aarch: args.n_aarch,
+        repo: args.repo.clone(),
+        branch: args.branch.clone(),
+        build: args.build.clone(),
+        no_repo: args.no_repo,
+        action: args.action.clone(),
+        memory_mib: args.memory,
+    };
+    let mut spec = MeshSpec::resolve(file, &flags)?;
+    if args.file.is_none() && args.n_x86.is_none() && args.n_aarch.is_none() {
+        bail!("say how many nodes: --n-x86 N and/or --n-aarch M (or -f mesh.toml)");
+    }
+    if spec.repo.source.is_none() && !spec.repo.none {
+        // Default: the repository around the current directory; none if there is none.
+        match mesh_core::repo::resolve_source(None) {
+            Ok(src) => spec.repo.source = Some(src),
+            Err(_) => {
+                eprintln!(
+                    "note: not inside a git repository; no repository is injected (use --repo)"
+                );
+                spec.repo.none = true;
+            }
+        }
+    }
+    let options = UpOptions {
+        accel: match args.accel {
+            AccelArg::Auto => AccelChoice::Auto,
+            AccelArg::Kvm => AccelChoice::Kvm,
+            AccelArg::Tcg => AccelChoice::Tcg,
+        },
+        ready_timeout: args.ready_timeout.map(Duration::from_secs),
+        progress: Some(progress_printer()),
+        images: None,
+    };
+    // Everything checkable is checked before any side effect.
+    let (plan, _) = mesh_core::mesh::preflight(&spec, &options)?;
+    let paths = plan.paths.clone();
+
+    let work = run_mesh(spec, options, args.keep, Duration::from_secs(args.action_timeout));
+    let outcome = tokio::select! {
+        r = work => r,
+        sig = shutdown_signal() => {
+            eprintln!("\n{sig}: tearing the mesh down");
+            // The dropped future released the owner lock; the journal says what to remove.
+            if paths.state.exists() {
+                let report = mesh_core::teardown::teardown_recorded(&paths).await?;
+                for p in report.problems {
+                    eprintln!("warning: {p}");
+                }
+            }
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let (report, kept) = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.table());
+    }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, report.junit())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if kept {
+        eprintln!(
+            "mesh {} left running: `mesh exec {} -- CMD`, `mesh down {}`",
+            report.mesh, report.mesh, report.mesh
+        );
+    }
+    Ok(if report.all_ok() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+async fn run_mesh(
+    spec: MeshSpec,
+    options: UpOptions,
+    keep: bool,
+    action_timeout: Duration,
+) -> Result<(report::Report, bool)> {
+    let mut mesh = mesh_core::Mesh::up(&spec, options).await?;
+    mesh.wait_ready().await;
+    let readiness = mesh.readiness.clone();
+    let ready_nodes: Vec<String> =
+        readiness.iter().filter(|r| r.is_ready()).map(|r| r.node.clone()).collect();
+    let action = spec.action.clone();
+    let results = if ready_nodes.is_empty() {
+        Vec::new()
+    } else {
+        let template = action.as_deref().unwrap_or(mesh_core::mesh::CHECK_COMMAND);
+        mesh.exec(template, &ready_nodes, action_timeout).await?
+    };
+    let report = report::Report::new(&mesh.plan, &readiness, &results, action.is_none());
+    if keep {
+        mesh.keep()?;
+    } else {
+        eprintln!("==> teardown");
+        let td = mesh.teardown().await?;
+        for p in td.problems {
+            eprintln!("warning: {p}");
+        }
+    }
+    Ok((report, keep))
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
+}
+
+fn load_plan(name: &str) -> Result<MeshPlan> {
+    let paths = mesh_core::MeshPaths::for_mesh(name);
+    MeshPlan::load(&paths.plan())
+        .with_context(|| format!("no mesh named {name} (see `mesh status`)"))
+}
+
+fn status(name: Option<String>, json: bool) -> Result<ExitCode> {
+    let mut meshes = mesh_core::teardown::list();
+    if let Some(n) = &name {
+        meshes.retain(|m| &m.name == n);
+        if meshes.is_empty() {
+            bail!("no mesh named {n}");
+        }
+    }
+    if json {
+        let v: Vec<_> = meshes
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "name": m.name,
+                    "state": m.state,
+                    "alive_nodes": m.alive_nodes,
+                    "nodes": m.plan.as_ref().map(|p| p.nodes.iter().map(|n| serde_json::json!({
+                        "name": n.name, "arch": n.arch.to_string(), "ip": n.ip.to_string(), "mac": n.mac,
+                        "alive": m.alive_nodes.contains(&n.name),
+                    })).collect::<Vec<_>>()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if meshes.is_empty() {
+        println!("no meshes");
+    }
+    for m in &meshes {
+        println!("{} ({:?})", m.name, m.state);
+        if let Some(plan) = &m.plan {
+            for n in &plan.nodes {
+                let alive = if m.alive_nodes.contains(&n.name) { "running" } else { "stopped" };
+                println!("  {:<10} {:<8} {:<15} {}", n.name, n.arch.to_string(), n.ip, alive);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(
+    name: &str,
+    nodes: &[String],
+    json: bool,
+    timeout: u64,
+    command: &[String],
+) -> Result<ExitCode> {
+    let plan = load_plan(name)?;
+    for n in nodes {
+        if plan.node(n).is_none() {
+            bail!("mesh {name} has no node {n}");
+        }
+    }
+    let targets: Vec<&mesh_core::NodePlan> =
+        plan.nodes.iter().filter(|n| nodes.is_empty() || nodes.contains(&n.name)).collect();
+    let template = command.join(" ");
+    let results =
+        mesh_core::ssh::fan_out(&plan, &targets, &template, Duration::from_secs(timeout)).await?;
+    let events = mesh_core::state::EventLog::new(plan.paths.events());
+    for r in &results {
+        events.emit(
+            Some(&r.node),
+            "exec.exit",
+            serde_json::json!({ "code": r.exit_code, "ms": r.duration_ms }),
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", report::exec_table(&results));
+    }
+    Ok(if results.iter().all(|r| r.ok()) { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn ssh(name: &str, node: &str, command: &[String]) -> Result<ExitCode> {
+    let plan = load_plan(name)?;
+    let n = plan.node(node).with_context(|| format!("mesh {name} has no node {node}"))?;
+    let remote = if command.is_empty() { None } else { Some(command.join(" ")) };
+    let tty = remote.is_none() && std::io::stdin().is_terminal();
+    let mut cmd = mesh_core::ssh::ssh_command(&plan, n, remote.as_deref(), tty)?;
+    let status = cmd.status().context("cannot run ssh")?;
+    Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+}
+
+async fn console(name: &str, node: &str) -> Result<ExitCode> {
+    let plan = load_plan(name)?;
+    let n = plan.node(node).with_context(|| format!("mesh {name} has no node {node}"))?;
+    let log = n.serial_log();
+    eprintln!("following {} (Ctrl-C to stop)", log.display());
+    // FIXME: read-only; an interactive console needs the serial chardev on a socket.
+    let mut pos = 0u64;
+    loop {
+        if let Ok(bytes) = std::fs::read(&log) {
+            if (bytes.len() as u64) > pos {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(&bytes[pos as usize..]);
+                let _ = std::io::stdout().flush();
+                pos = bytes.len() as u64;
+            }
+        } else if !plan.paths.state.exists() {
+            bail!("mesh {name} is gone");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+async fn down(name: Option<String>, all: bool) -> Result<ExitCode> {
+    let names: Vec<String> = if all {
+        mesh_core::teardown::list()
+            .into_iter()
+            .filter(|m| m.state != mesh_core::teardown::MeshState::Owned)
+            .map(|m| m.name)
+            .collect()
+    } else {
+        vec![name.context("name a mesh, or use --all")?]
+    };
+    for n in names {
+        let report = mesh_core::teardown::down(&n).await?;
+        println!(
+            "{n}: removed ({} nodes stopped, {} network objects)",
+            report.killed.len(),
+            report.network
+        );
+        for p in report.problems {
+            eprintln!("warning: {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn gc() -> Result<ExitCode> {
+    let removed = mesh_core::teardown::gc().await;
+    if removed.is_empty() {
+        println!("nothing to collect");
+    }
+    for (name, report) in removed {
+        println!(
+            "{name}: removed ({} nodes stopped, {} network objects)",
+            report.killed.len(),
+            report.network
+        );
+        for p in report.problems {
+            eprintln!("warning: {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn image(cmd: ImageCommand) -> Result<ExitCode> {
+    use mesh_core::image::{parse_arch, BuildOptions, ImageStore, RemoveTarget};
+    let store = ImageStore::open_default()?;
+    match cmd {
+        ImageCommand::Build { arch } => {
+            let arch = parse_arch(&arch)?;
+            let img =
+                tokio::task::spawn_blocking(move || store.build(arch, &BuildOptions::default()))
+                    .await??;
+            println!("{}", img.dir.display());
+        }
+        ImageCommand::Pull { release, arch, url } => {
+            let arch = parse_arch(&arch)?;
+            let img =
+                tokio::task::spawn_blocking(move || store.pull(&release, arch, &url)).await??;
+            println!("{}", img.dir.display());
+        }
+        ImageCommand::Import { path, arch } => {
+            let arch = parse_arch(&arch)?;
+            let img = store.import(&path, arch)?;
+            println!("{}", img.dir.display());
+        }
+        ImageCommand::List { json } => {
+            let list = store.list()?;
+            if json {
+                let v: Vec<_> = list.iter().map(|i| &i.manifest).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if list.is_empty() {
+                println!("no images (build one with `mesh image build --arch x86_64`)");
+            } else {
+                for i in list {
+                    println!("{}", report::image_line(&i));
+                }
+            }
+        }
+        ImageCommand::Rm { target } => {
+            let removed = store.remove(&RemoveTarget::parse(&target))?;
+            if removed.is_empty() {
+                bail!("no image matches {target}");
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_input(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn seed(
+    out: PathBuf,
+    user_data: PathBuf,
+    meta_data: PathBuf,
+    network_config: Option<PathBuf>,
+    vendor_data: Option<PathBuf>,
+    format: SeedFormat,
+) -> Result<ExitCode> {
+    let ud = read_input(&user_data)?;
+    let md = read_input(&meta_data)?;
+    let nc = network_config.as_deref().map(read_input).transpose()?;
+    let vd = vendor_data.as_deref().map(read_input).transpose()?;
+    let seed = mesh_cloudinit::Seed::from_files(&ud, &md, nc.as_deref(), vd.as_deref())?;
+    match format {
+        SeedFormat::Iso => seed.write_iso(&out)?,
+        SeedFormat::Vfat => seed.write_vfat(&out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn iso(out: PathBuf, dir: PathBuf, label: String, timestamp: Option<i64>) -> Result<ExitCode> {
+    let timestamp = match timestamp {
+        Some(t) => Some(t),
+        None => match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => Some(
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
+            ),
+            Err(_) => None,
+        },
+    };
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let tree = mesh_iso::IsoTree::from_dir(&dir)?;
+    let mut opts = mesh_iso::IsoOptions::new(label);
+    opts.timestamp = timestamp;
+    mesh_iso::write_iso_file(&tree, &opts, &out)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,142 @@
+//! The `mesh` binary as a user meets it: bad input gets one clear line and a non-zero exit
+//! with nothing created; a killed `mesh up` is cleaned up by `mesh gc`; the host's root
+//! network namespace is the same afterwards.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn mesh(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mesh"));
+    c.env("VM_MESH_STATE_DIR", state.join("state"));
+    c.env("VM_MESH_RUNTIME_DIR", state.join("run"));
+    c.env_remove("MESH_LOG");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The parts of the root namespace a mesh must never change.
+fn root_netns_snapshot() -> String {
+    let mut out = String::new();
+    for args in [&["-d", "link"][..], &["addr"], &["route"], &["netns"]] {
+        let o = run(Command::new("ip").args(args));
+        let text = String::from_utf8_lossy(&o.stdout);
+        // Namespaces made by tests running in parallel come and go; keep only ours out.
+        for line in text.lines() {
+            if args == ["netns"] && line.starts_with("vmmesh-") {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_input_is_one_line_and_creates_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&[&str], &str)] = &[
+        (&["up", "--n-x86", "0", "--n-aarch", "0", "--name", "zero"], "at least one node"),
+        (&["up", "--n-x86", "1", "--name", "Bad_Name"], "invalid mesh name"),
+        (&["up", "--n-x86", "1", "--name", "averyveryverylongname"], "invalid mesh name"),
+        (
+            &["up", "--n-x86", "1", "--name", "tmpl", "--no-repo", "--action", "echo {nope}"],
+            "unknown placeholder",
+        ),
+        (&["up", "--n-x86", "100", "--name", "big", "--no-repo"], "at most"),
+        (&["up", "--n-x86", "1", "--name", "mem", "--no-repo", "--memory", "100000000"], "memory"),
+        (&["up", "-f", "/nonexistent/mesh.toml"], "cannot read mesh spec"),
+        (&["image", "build", "--arch", "sparc"], "sparc"),
+        (&["exec", "nosuchmesh", "--", "true"], "no mesh named nosuchmesh"),
+        (&["down", "nosuchmesh"], "no mesh named nosuchmesh"),
+    ];
+    for (args, needle) in cases {
+        let o = run(mesh(tmp.path()).args(*args));
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err:?}");
+    }
+    assert!(
+        !tmp.path().join("state").exists()
+            || std::fs::read_dir(tmp.path().join("state"))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true)
+    );
+}
+
+#[test]
+fn subnet_without_room_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("mesh.toml");
+    std::fs::write(&file, "name = \"tight\"\n[[nodes]]\narch = \"x86_64\"\ncount = 3\n[network]\nsubnet = \"10.5.0.0/30\"\n").expect("write");
+    let o = run(mesh(tmp.path()).args(["up", "--no-repo", "-f"]).arg(&file));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot place 3 nodes"), "{}", stderr(&o));
+}
+
+#[test]
+fn killed_up_is_collected_by_gc() {
+    mesh_core::image::ImageStore::open_default()
+        .and_then(|s| s.build(mesh_qemu::Arch::X86_64, &Default::default()))
+        .expect("x86_64 base image (mmdebstrap and friends must be installed)");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let before = root_netns_snapshot();
+    let name = format!("crash{}", std::process::id() % 100000);
+    let mut child = mesh(tmp.path())
+        .args(["up", "--n-x86", "1", "--no-repo", "--accel", "tcg", "--name", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn mesh up");
+
+    // Wait until QEMU is recorded as started, then kill -9 the owner mid-boot.
+    let journal = tmp.path().join("state").join(&name).join("journal.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut qemu_pid = None;
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(&journal) {
+            if let Some(line) = text.lines().find(|l| l.contains("\"kind\":\"qemu\"")) {
+                let v: serde_json::Value = serde_json::from_str(line).expect("journal line");
+                qemu_pid = v["pid"].as_u64();
+                break;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("mesh up exited early with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let qemu_pid = qemu_pid.expect("QEMU started within 120 s");
+    child.kill().expect("kill -9 mesh up");
+    child.wait().expect("reap");
+    assert!(Path::new(&format!("/proc/{qemu_pid}")).exists(), "QEMU should outlive its owner");
+
+    let st = run(mesh(tmp.path()).args(["status", "--json"]));
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("\"stale\""),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+
+    let o = run(mesh(tmp.path()).arg("gc"));
+    assert!(o.status.success(), "gc: {}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&name));
+
+    // Nothing of that mesh remains: process, namespace, sockets, state.
+    std::thread::sleep(Duration::from_millis(200));
+    let stat = std::fs::read_to_string(format!("/proc/{qemu_pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "QEMU {qemu_pid} still alive: {stat}");
+    assert!(!Path::new(&format!("/run/netns/vmmesh-{name}")).exists());
+    assert!(!tmp.path().join("state").join(&name).exists());
+    assert!(!tmp.path().join("run").join(&name).exists());
+    assert_eq!(root_netns_snapshot(), before, "root namespace changed");
+}

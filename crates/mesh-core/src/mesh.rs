@@ -1,0 +1,537 @@
+//! The mesh's life: `up` (plan, state, images, keys, seeds, repo image, network, QEMU),
+//! readiness of all nodes in parallel, running commands, and teardown.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_qemu::{Accel, Arch};
+use serde::Serialize;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::image::{BaseImage, ImageStore};
+use crate::plan::{MeshPlan, NodePlan, READY_PORT};
+use crate::ready::{NodeReadiness, Phase};
+use crate::ssh::ExecResult;
+use crate::state::{create_private_dir, EventLog, Journal, OwnerLock, Record, StateError};
+use crate::teardown::{teardown_recorded, TeardownReport};
+use crate::{Error, MeshSpec};
+
+/// Which accelerator to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM where a probe guest proves it works, else TCG.
+    #[default]
+    Auto,
+    /// Force KVM (fails if it does not work).
+    Kvm,
+    /// Force TCG.
+    Tcg,
+}
+
+/// Something worth showing the user while the mesh comes up.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Progress {
+    /// A mesh-wide step started.
+    Step {
+        /// What.
+        what: String,
+    },
+    /// A node reached a phase.
+    Node {
+        /// Node name.
+        node: String,
+        /// The phase.
+        phase: Phase,
+        /// Seconds since the node was started.
+        secs: f64,
+    },
+    /// A node failed.
+    NodeFailed {
+        /// Node name.
+        node: String,
+        /// Last phase reached.
+        phase: Phase,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Callback receiving progress.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Knobs of `mesh up`.
+#[derive(Clone, Default)]
+pub struct UpOptions {
+    /// Accelerator choice.
+    pub accel: AccelChoice,
+    /// Override of the per-node readiness timeout (default scales with the accelerator).
+    pub ready_timeout: Option<Duration>,
+    /// Progress callback.
+    pub progress: Option<ProgressFn>,
+    /// Image store (default: the XDG cache).
+    pub images: Option<PathBuf>,
+}
+
+impl UpOptions {
+    fn say(&self, p: Progress) {
+        if let Some(f) = &self.progress {
+            f(&p);
+        }
+    }
+}
+
+struct NodeRuntime {
+    process: Option<mesh_qemu::QemuProcess>,
+    qmp: Option<mesh_qemu::Qmp>,
+    accel: Accel,
+}
+
+/// A mesh this process owns.
+pub struct Mesh {
+    /// The plan.
+    pub plan: MeshPlan,
+    /// The event log.
+    pub events: EventLog,
+    /// Readiness per node, in node order (filled by [`Mesh::wait_ready`]).
+    pub readiness: Vec<NodeReadiness>,
+    /// The repository injected, if any.
+    pub repo: Option<crate::repo::InjectedRepo>,
+    journal: Arc<Mutex<Journal>>,
+    lock: Option<OwnerLock>,
+    nodes: Vec<NodeRuntime>,
+    options: UpOptions,
+}
+
+/// Why `record` could not write the journal: the effect is then not made.
+fn record(journal: &Arc<Mutex<Journal>>, rec: &Record) -> Result<(), StateError> {
+    journal.lock().map_err(|_| poisoned())?.record(rec)
+}
+
+fn poisoned() -> StateError {
+    StateError::Io {
+        path: PathBuf::from("journal"),
+        source: std::io::Error::other("journal lock poisoned"),
+    }
+}
+
+/// Checks everything that can be checked before any side effect: spec, templates, images,
+/// name not in use.
+pub fn preflight(
+    spec: &MeshSpec,
+    options: &UpOptions,
+) -> Result<(MeshPlan, HashMap<Arch, BaseImage>), Error> {
+    let plan = MeshPlan::new(spec)?;
+    spec.check_memory()?;
+    if let Some(action) = &spec.action {
+        crate::template::check(action, &plan)?;
+    }
+    let store = match &options.images {
+        Some(root) => ImageStore::open(root)?,
+        None => ImageStore::open_default()?,
+    };
+    let mut images = HashMap::new();
+    for node in &plan.nodes {
+        if images.contains_key(&node.arch) {
+            continue;
+        }
+        let image = store.get(node.arch)?.ok_or(Error::NoImage { arch: node.arch })?;
+        images.insert(node.arch, image);
+    }
+    if plan.paths.state.exists() {
+        if OwnerLock::is_held(&plan.paths.lock()) {
+            return Err(
+                StateError::Busy { name: spec.name.clone(), path: plan.paths.lock() }.into()
+            );
+        }
+        return Err(StateError::Leftover {
+            name: spec.name.clone(),
+            path: plan.paths.state.clone(),
+        }
+        .into());
+    }
+    if mesh_net::Netns::exists(&plan.netns) {
+        return Err(Error::NetnsInUse { name: plan.netns.clone() });
+    }
+    Ok((plan, images))
+}
+
+impl Mesh {
+    /// Creates the mesh and starts every node; returns once all QEMU processes run. On error
+    /// everything made so far is removed again.
+    pub async fn up(spec: &MeshSpec, options: UpOptions) -> Result<Mesh, Error> {
+        let (plan, images) = preflight(spec, &options)?;
+        let span = info_span!("mesh", name = %plan.spec.name);
+
+        // From here on every effect is journaled; a failure rolls back through the journal.
+        create_private_dir(&plan.paths.state)?;
+        let lock = OwnerLock::acquire(&spec.name, &plan.paths.lock())?;
+        let journal = Arc::new(Mutex::new(Journal::open(&plan.paths.journal())?));
+        let events = EventLog::new(plan.paths.events());
+        let mut mesh = Mesh {
+            plan,
+            events,
+            readiness: Vec::new(),
+            repo: None,
+            journal,
+            lock: Some(lock),
+            nodes: Vec::new(),
+            options,
+        };
+        match mesh.provision(&images).instrument(span).await {
+            Ok(()) => Ok(mesh),
+            Err(e) => {
+                warn!(error = %e, "mesh up failed, removing what was made");
+                mesh.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn provision(&mut self, images: &HashMap<Arch, BaseImage>) -> Result<(), Error> {
+        let plan = self.plan.clone();
+        record(&self.journal, &Record::Dir { path: plan.paths.runtime.clone() })?;
+        create_private_dir(&plan.paths.runtime)?;
+        std::fs::write(
+            plan.paths.plan(),
+            serde_json::to_vec_pretty(&plan)
+                .map_err(std::io::Error::other)
+                .map_err(|e| Error::Io { path: plan.paths.plan(), source: e })?,
+        )
+        .map_err(|e| Error::Io { path: plan.paths.plan(), source: e })?;
+        self.events.emit(None, "mesh.up", serde_json::json!({ "nodes": plan.nodes.len() }));
+
+        self.options.say(Progress::Step { what: "keys".into() });
+        create_private_dir(&plan.paths.keys())?;
+        let client = crate::keys::ensure_key(
+            &plan.paths.client_key(),
+            &format!("vm-mesh {}", plan.spec.name),
+        )?;
+        let mut host_keys = Vec::new();
+        for node in &plan.nodes {
+            create_private_dir(&node.dir)?;
+            host_keys.push(crate::keys::ensure_key(&node.host_key(), &node.name)?);
+        }
+        let pins: Vec<_> =
+            plan.nodes.iter().zip(&host_keys).map(|(n, k)| (n.ip, k.public.as_str())).collect();
+        crate::keys::write_known_hosts(&plan.paths.known_hosts(), &pins)?;
+
+        if !plan.spec.repo.none {
+            self.options.say(Progress::Step { what: "repository".into() });
+            let source = crate::repo::resolve_source(plan.spec.repo.source.as_deref())?;
+            let mut arches: Vec<Arch> = plan.nodes.iter().map(|n| n.arch).collect();
+            arches.sort_by_key(|a| a.to_string());
+            arches.dedup();
+            let repo = crate::repo::prepare(
+                &source,
+                plan.spec.repo.branch.as_deref(),
+                plan.spec.repo.build.as_deref(),
+                &arches,
+                &plan.paths.repo_work(),
+                &plan.paths.repo_image(),
+            )?;
+            // The clone and build outputs are in the image now; the image is all guests need.
+            let _ = std::fs::remove_dir_all(plan.paths.repo_work());
+            self.repo = Some(repo);
+        }
+
+        self.options.say(Progress::Step { what: "overlays and seeds".into() });
+        for (node, host_key) in plan.nodes.iter().zip(&host_keys) {
+            let image = &images[&node.arch];
+            mesh_qemu::create_overlay(&image.disk_path(), &node.overlay())
+                .map_err(|source| Error::Overlay { node: node.name.clone(), source })?;
+            let seed =
+                crate::provision::node_seed(&plan, node, &client, host_key, self.repo.as_ref())?;
+            seed.write_iso(&node.seed())
+                .map_err(|source| Error::Seed { node: node.name.clone(), source })?;
+        }
+
+        self.options.say(Progress::Step { what: "network".into() });
+        let net_spec = mesh_net::MeshNetworkSpec {
+            netns: plan.netns.clone(),
+            bridge: plan.bridge.clone(),
+            gateway: plan.gateway,
+            prefix_len: plan.prefix_len,
+            mtu: plan.spec.network.mtu,
+            taps: plan.nodes.iter().map(|n| n.tap.clone()).collect(),
+        };
+        let journal = self.journal.clone();
+        let mut journal_net = move |created: &mesh_net::Created| -> std::io::Result<()> {
+            record(&journal, &Record::Net { object: created.clone() })
+                .map_err(std::io::Error::other)
+        };
+        let network = mesh_net::MeshNetwork::create(&net_spec, &mut journal_net).await?;
+        let netns_path = network.netns().path();
+        // The journal, not this handle, owns the network from now on.
+        std::mem::forget(network);
+
+        self.options.say(Progress::Step { what: "accelerator".into() });
+        let mut accels = HashMap::new();
+        for node in &plan.nodes {
+            if let std::collections::hash_map::Entry::Vacant(e) = accels.entry(node.arch) {
+                e.insert(self.accel_for(node.arch));
+            }
+        }
+
+        self.options.say(Progress::Step { what: "starting QEMU".into() });
+        for node in &plan.nodes {
+            let accel = accels[&node.arch];
+            let cmd = crate::provision::vm_command(
+                &plan,
+                node,
+                &images[&node.arch],
+                accel,
+                self.repo.as_ref(),
+            )?;
+            tracing::debug!(node = %node.name, args = ?cmd.args, "qemu command line");
+            record(&self.journal, &Record::QemuStarting { node: node.name.clone() })?;
+            let process = mesh_qemu::QemuProcess::spawn(&cmd, Some(&netns_path), &node.qemu_log())
+                .map_err(|source| Error::Spawn { node: node.name.clone(), source })?;
+            record(
+                &self.journal,
+                &Record::Qemu {
+                    node: node.name.clone(),
+                    pid: process.pid(),
+                    start_time: process.start_time(),
+                },
+            )?;
+            self.events.emit(Some(&node.name), "node.started", serde_json::json!({ "pid": process.pid(), "accel": format!("{accel:?}").to_lowercase() }));
+            info!(node = %node.name, pid = process.pid(), "node started");
+            self.nodes.push(NodeRuntime { process: Some(process), qmp: None, accel });
+        }
+        Ok(())
+    }
+
+    fn accel_for(&self, arch: Arch) -> Accel {
+        match self.options.accel {
+            AccelChoice::Tcg => Accel::Tcg,
+            AccelChoice::Kvm => Accel::Kvm,
+            AccelChoice::Auto => mesh_qemu::probe_accel(arch, &crate::plan::cache_root()),
+        }
+    }
+
+    /// Waits for every node in parallel; returns their readiness in node order.
+    pub async fn wait_ready(&mut self) -> &[NodeReadiness] {
+        let plan = Arc::new(self.plan.clone());
+        let mut futures = Vec::new();
+        for (node, rt) in plan.nodes.iter().zip(self.nodes.iter()) {
+            let timeout = self
+                .options
+                .ready_timeout
+                .unwrap_or_else(|| default_ready_timeout(node.arch, rt.accel, plan.nodes.len()));
+            let pid = rt.process.as_ref().map(|p| (p.pid(), p.start_time()));
+            futures.push(wait_node(
+                plan.clone(),
+                node.clone(),
+                pid,
+                timeout,
+                self.options.progress.clone(),
+                self.events.clone(),
+            ));
+        }
+        let results = futures::future::join_all(futures).await;
+        self.readiness.clear();
+        for ((readiness, qmp), rt) in results.into_iter().zip(self.nodes.iter_mut()) {
+            rt.qmp = qmp;
+            self.readiness.push(readiness);
+        }
+        &self.readiness
+    }
+
+    /// Runs a templated command on the ready nodes (or the named ones).
+    pub async fn exec(
+        &self,
+        template: &str,
+        only: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<ExecResult>, Error> {
+        let targets: Vec<&NodePlan> =
+            self.plan.nodes.iter().filter(|n| only.is_empty() || only.contains(&n.name)).collect();
+        let results = crate::ssh::fan_out(&self.plan, &targets, template, timeout).await?;
+        for r in &results {
+            self.events.emit(
+                Some(&r.node),
+                "exec.exit",
+                serde_json::json!({ "code": r.exit_code, "ms": r.duration_ms }),
+            );
+        }
+        Ok(results)
+    }
+
+    /// The default check: every node pings every other over the mesh; stdout is the kernel
+    /// release.
+    pub async fn check(&self, timeout: Duration) -> Result<Vec<ExecResult>, Error> {
+        self.exec(CHECK_COMMAND, &[], timeout).await
+    }
+
+    /// Leaves the mesh running after this process exits (`--keep`).
+    pub fn keep(mut self) -> Result<(), Error> {
+        record(&self.journal, &Record::Kept)?;
+        self.events.emit(None, "mesh.kept", serde_json::Value::Null);
+        self.lock.take();
+        Ok(())
+    }
+
+    /// Stops every node and removes everything the mesh made.
+    pub async fn teardown(mut self) -> Result<TeardownReport, Error> {
+        let started = Instant::now();
+        for rt in &mut self.nodes {
+            if let Some(qmp) = rt.qmp.take() {
+                // A clean `quit` closes the tap at once; the journal-driven kill follows anyway.
+                let _ = tokio::time::timeout(Duration::from_millis(500), qmp.quit()).await;
+            }
+        }
+        for rt in &mut self.nodes {
+            if let Some(mut p) = rt.process.take() {
+                let _ = tokio::time::timeout(Duration::from_millis(500), p.wait()).await;
+            }
+        }
+        self.events.emit(None, "mesh.down", serde_json::Value::Null);
+        let report = teardown_recorded(&self.plan.paths).await?;
+        info!(secs = started.elapsed().as_secs_f64(), "mesh torn down");
+        Ok(report)
+    }
+
+    async fn rollback(&mut self) {
+        self.nodes.clear();
+        if let Err(e) = teardown_recorded(&self.plan.paths).await {
+            warn!(error = %e, "rollback incomplete; run `mesh gc`");
+        }
+    }
+}
+
+/// The built-in check run on every node when no action is given.
+pub const CHECK_COMMAND: &str = "set -e; for p in $(echo {peers} | tr , ' '); do ping -c 1 -W 5 $p >/dev/null 2>&1 || { echo \"cannot reach $p\" >&2; exit 1; }; done; uname -r";
+
+/// Readiness timeout per node: TCG is slow, and slower still when nodes share few cores.
+pub fn default_ready_timeout(arch: Arch, accel: Accel, nodes: usize) -> Duration {
+    let base = match (accel, arch == Arch::host()) {
+        (Accel::Kvm, _) => 120,
+        (Accel::Tcg, true) => 300,
+        (Accel::Tcg, false) => 600,
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let load = (nodes as u64).div_ceil(cores as u64).max(1);
+    Duration::from_secs(base * load)
+}
+
+async fn wait_node(
+    plan: Arc<MeshPlan>,
+    node: NodePlan,
+    pid: Option<(u32, u64)>,
+    timeout: Duration,
+    progress: Option<ProgressFn>,
+    events: EventLog,
+) -> (NodeReadiness, Option<mesh_qemu::Qmp>) {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut r = NodeReadiness::new(&node.name);
+    let say = |p: Progress| {
+        if let Some(f) = &progress {
+            f(&p);
+        }
+    };
+    let alive = move || pid.is_some_and(|(pid, start)| crate::procinfo::is_running(pid, start));
+    let mut qmp = None;
+
+    let outcome: Result<(), String> = async {
+        if !alive() {
+            return Err("QEMU exited at once".into());
+        }
+        r.reach(Phase::ProcessUp, started);
+        say(Progress::Node {
+            node: node.name.clone(),
+            phase: Phase::ProcessUp,
+            secs: started.elapsed().as_secs_f64(),
+        });
+
+        let client = mesh_qemu::Qmp::connect(&node.qmp_socket, Duration::from_secs(30), alive)
+            .await
+            .map_err(|e| format!("QMP: {e}"))?;
+        loop {
+            let status =
+                client.query_status().await.map_err(|e| format!("QMP query-status: {e}"))?;
+            if status.running {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("QEMU never reached running (status {})", status.status));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        qmp = Some(client);
+        r.reach(Phase::QmpRunning, started);
+        say(Progress::Node {
+            node: node.name.clone(),
+            phase: Phase::QmpRunning,
+            secs: started.elapsed().as_secs_f64(),
+        });
+
+        let status = crate::ready::wait_guest_signal(&node.ready_socket, deadline, &alive).await?;
+        r.cloud_init_status = Some(status.clone());
+        if status != "done" {
+            return Err(format!("cloud-init finished with status {status:?}"));
+        }
+        r.reach(Phase::CloudInitDone, started);
+        say(Progress::Node {
+            node: node.name.clone(),
+            phase: Phase::CloudInitDone,
+            secs: started.elapsed().as_secs_f64(),
+        });
+
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err("SSH did not answer in time".into());
+            }
+            let res = crate::ssh::run(&plan, &node, "true", remaining.min(Duration::from_secs(20)))
+                .await
+                .map_err(|e| e.to_string())?;
+            if res.ok() {
+                break;
+            }
+            if !alive() {
+                return Err("QEMU exited".into());
+            }
+            tracing::debug!(node = %node.name, stderr = %res.stderr.trim(), "ssh not ready yet");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        r.reach(Phase::SshReady, started);
+        say(Progress::Node {
+            node: node.name.clone(),
+            phase: Phase::SshReady,
+            secs: started.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+    .await;
+
+    match outcome {
+        Ok(()) => {
+            events.emit(
+                Some(&node.name),
+                "node.ready",
+                serde_json::json!({ "secs": r.ready_secs() }),
+            );
+        }
+        Err(error) => {
+            r.serial_tail = Some(crate::ready::serial_tail(&node.serial_log(), 15));
+            say(Progress::NodeFailed {
+                node: node.name.clone(),
+                phase: r.phase,
+                error: error.clone(),
+            });
+            events.emit(
+                Some(&node.name),
+                "node.failed",
+                serde_json::json!({ "phase": r.phase, "error": error }),
+            );
+            r.error = Some(error);
+        }
+    }
+    let _ = READY_PORT;
+    (r, qmp)
+}

@@ -1,0 +1,217 @@
+//! What each node is given: its NoCloud seed (keys, hostname, address by MAC, repo copy,
+//! readiness signal) and its QEMU command line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use mesh_cloudinit::{CloudConfig, Command, Ethernet, NetworkConfig, Seed, WriteFile};
+use mesh_qemu::{Accel, Arch};
+
+use crate::image::BaseImage;
+use crate::keys::KeyPair;
+use crate::plan::{MeshPlan, NodePlan, READY_PORT};
+use crate::repo::{InjectedRepo, BUILD_DIR, REPO_LABEL};
+use crate::Error;
+
+/// Virtio serial number of the seed disk (`/dev/disk/by-id/virtio-cidata`).
+pub const SEED_SERIAL: &str = "cidata";
+
+/// Interface name the guest's mesh NIC gets (set by MAC, the same on every arch).
+pub const GUEST_NIC: &str = "mesh0";
+
+/// Path of the readiness script in guests.
+const READY_SCRIPT: &str = "/usr/local/sbin/vmmesh-ready";
+const READY_UNIT: &str = "/etc/systemd/system/vmmesh-ready.service";
+
+fn ready_script() -> String {
+    format!(
+        "#!/bin/sh\n\
+         # Tells the vm-mesh host, over a virtio-serial port, that cloud-init has finished and how.\n\
+         status=$(cloud-init status 2>/dev/null | sed -n 's/^status: //p')\n\
+         [ -n \"$status\" ] || status=unknown\n\
+         echo \"VMMESH-READY $status\" > /dev/console 2>/dev/null || true\n\
+         for i in $(seq 1 50); do\n\
+         \x20 [ -e /dev/virtio-ports/{READY_PORT} ] && break\n\
+         \x20 sleep 0.2\n\
+         done\n\
+         echo \"VMMESH-READY $status\" > /dev/virtio-ports/{READY_PORT}\n"
+    )
+}
+
+fn ready_unit() -> String {
+    format!(
+        "[Unit]\n\
+         Description=Tell the vm-mesh host that cloud-init has finished\n\
+         After=cloud-final.service\n\
+         Wants=cloud-final.service\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart={READY_SCRIPT}\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+/// The shell line that copies the repository (and this arch's build output) into `/root`.
+fn repo_copy_command(repo: &InjectedRepo, arch: Arch) -> String {
+    let name = &repo.name;
+    format!(
+        "set -e; m=/run/{REPO_LABEL}; mkdir -p $m; \
+         mount -t iso9660 -o ro /dev/disk/by-id/virtio-{REPO_LABEL} $m; \
+         rm -rf /root/{name}; cp -a $m/{name} /root/{name}; \
+         if [ -d $m/{BUILD_DIR}/{arch} ]; then cp -a $m/{BUILD_DIR}/{arch}/. /root/{name}/; fi; \
+         umount $m"
+    )
+}
+
+/// Builds the node's cloud-config, network-config and seed.
+pub fn node_seed(
+    plan: &MeshPlan,
+    node: &NodePlan,
+    client: &KeyPair,
+    host_key: &KeyPair,
+    repo: Option<&InjectedRepo>,
+) -> Result<Seed, Error> {
+    let mut config = CloudConfig::default();
+    config.hostname = Some(node.name.clone());
+    config.manage_etc_hosts = Some(true);
+    config.disable_root = Some(false);
+    config.ssh_pwauth = Some(false);
+    config.ssh_keys.ed25519_private = Some(host_key.private_text()?);
+    config.ssh_keys.ed25519_public = Some(host_key.public.clone());
+    config.extra.insert("ssh_authorized_keys".into(), serde_json::json!([client.public]));
+    // Only our pinned key: generating RSA/ECDSA keys under TCG costs seconds and adds nothing.
+    config.extra.insert("ssh_genkeytypes".into(), serde_json::json!([]));
+    config.extra.insert("ssh_deletekeys".into(), serde_json::json!(true));
+    config.write_files.push(WriteFile {
+        path: READY_SCRIPT.into(),
+        content: ready_script(),
+        permissions: Some("0755".into()),
+        ..WriteFile::default()
+    });
+    config.write_files.push(WriteFile {
+        path: READY_UNIT.into(),
+        content: ready_unit(),
+        permissions: Some("0644".into()),
+        ..WriteFile::default()
+    });
+    if let Some(repo) = repo {
+        config.runcmd.push(Command::Shell(repo_copy_command(repo, node.arch)));
+    }
+    // Enabled for later boots (restart keeps the instance), started now without blocking:
+    // it is ordered after cloud-final, so it runs once this boot's cloud-init is finished.
+    config.runcmd.push(Command::Argv(vec![
+        "systemctl".into(),
+        "enable".into(),
+        "vmmesh-ready.service".into(),
+    ]));
+    config.runcmd.push(Command::Argv(vec![
+        "systemctl".into(),
+        "start".into(),
+        "--no-block".into(),
+        "vmmesh-ready.service".into(),
+    ]));
+    if let Some(serde_json::Value::Object(extra)) = &node.cloud_config {
+        for (k, v) in extra {
+            config.extra.insert(k.clone(), v.clone());
+        }
+    }
+
+    let mut ethernets = BTreeMap::new();
+    ethernets.insert(
+        GUEST_NIC.to_owned(),
+        Ethernet {
+            mac: node.mac.clone(),
+            set_name: Some(GUEST_NIC.to_owned()),
+            addresses: vec![format!("{}/{}", node.ip, plan.prefix_len)],
+            mtu: Some(plan.spec.network.mtu),
+            ..Ethernet::default()
+        },
+    );
+    let network = NetworkConfig { ethernets, ..NetworkConfig::default() };
+    Seed::new(&config, &node.name, Some(&network))
+        .map_err(|source| Error::Seed { node: node.name.clone(), source })
+}
+
+/// The QEMU command line of `node`.
+pub fn vm_command(
+    plan: &MeshPlan,
+    node: &NodePlan,
+    image: &BaseImage,
+    accel: Accel,
+    repo: Option<&InjectedRepo>,
+) -> Result<mesh_qemu::QemuCommand, Error> {
+    let mut drives = vec![
+        mesh_qemu::Drive {
+            path: node.overlay(),
+            format: mesh_qemu::ImageFormat::Qcow2,
+            read_only: false,
+            serial: Some("root".into()),
+        },
+        mesh_qemu::Drive {
+            path: node.seed(),
+            format: mesh_qemu::ImageFormat::Raw,
+            read_only: true,
+            serial: Some(SEED_SERIAL.into()),
+        },
+    ];
+    if let Some(repo) = repo {
+        drives.push(mesh_qemu::Drive {
+            path: repo.image.clone(),
+            format: mesh_qemu::ImageFormat::Raw,
+            read_only: true,
+            serial: Some(REPO_LABEL.into()),
+        });
+    }
+    let boot = match (image.kernel_path(), image.cmdline()) {
+        (Some(kernel), Some(cmdline)) => {
+            mesh_qemu::Boot::Direct { kernel, initrd: image.initrd_path(), cmdline }
+        }
+        _ => firmware_boot(node)?,
+    };
+    let spec = mesh_qemu::VmSpec {
+        name: node.name.clone(),
+        arch: node.arch,
+        accel,
+        cpu_model: None,
+        cpus: node.cpus,
+        memory_mib: node.memory_mib,
+        boot,
+        drives,
+        nics: vec![mesh_qemu::Nic { tap: node.tap.clone(), mac: node.mac.clone() }],
+        serial_log: node.serial_log(),
+        qmp_socket: node.qmp_socket.clone(),
+        virtio_serial: vec![mesh_qemu::VirtioSerialPort {
+            name: READY_PORT.into(),
+            socket: node.ready_socket.clone(),
+        }],
+    };
+    let mut cmd =
+        spec.command().map_err(|source| Error::VmSpec { node: node.name.clone(), source })?;
+    // QEMU writes its own PID, so a crash between spawn and journal still leaves a trace.
+    cmd.args.push("-pidfile".into());
+    cmd.args.push(node.dir.join("qemu.pid").display().to_string());
+    let _ = plan;
+    Ok(cmd)
+}
+
+fn firmware_boot(node: &NodePlan) -> Result<mesh_qemu::Boot, Error> {
+    match node.arch {
+        Arch::X86_64 => Ok(mesh_qemu::Boot::Bios),
+        Arch::Aarch64 => {
+            let vars = node.dir.join("efivars.fd");
+            let code = PathBuf::from("/usr/share/AAVMF/AAVMF_CODE.fd");
+            let template = PathBuf::from("/usr/share/AAVMF/AAVMF_VARS.fd");
+            std::fs::copy(&template, &vars)
+                .map_err(|source| Error::Io { path: template.clone(), source })?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&vars)
+                .map_err(|source| Error::Io { path: vars.clone(), source })?;
+            f.set_len(64 << 20).map_err(|source| Error::Io { path: vars.clone(), source })?;
+            Ok(mesh_qemu::Boot::Firmware { code, vars })
+        }
+    }
+}
