@@ -40,29 +40,37 @@ pub struct Entry {
     pub sha256: Option<String>,
 }
 
-/// The guest script that lists the mounted tree. Describing one `find` batch per `describe`
-/// call: a `stat` line per entry (mode in hex, size) in argument order, and per entry its
-/// name, link target and hash, NUL-separated, into a file dumped hex-encoded at the end.
+/// The guest script that lists the mounted tree. `find` hands batches of entries to
+/// `describe`, which appends, in argument order: a `stat` line per entry (mode in hex, size),
+/// each entry's name and link target NUL-terminated, and `sha256sum` lines for the regular
+/// files among them (one process per batch, not per file). Names and sums are dumped
+/// hex-encoded, so a name with a newline or any other byte cannot break the parsing.
 const LIST_SCRIPT: &str = r#"
 set -e
 mkdir -p /mnt/image
 mount -t "$FSTYPE" -o "$OPTIONS" /dev/vda /mnt/image
 cd /mnt/image
 cat > /tmp/describe <<'EOF'
+set -e
 stat -c '%f %s' "$@" >> /tmp/stat
-for p in "$@"; do
-  t=; h=
-  if [ -L "$p" ]; then t=$(readlink "$p"); elif [ -f "$p" ]; then h=$(sha256sum < "$p"); h=${h%% *}; fi
-  printf '%s\0%s\0%s\0' "$p" "$t" "$h" >> /tmp/names
+for p do
+  shift
+  t=
+  if [ -L "$p" ]; then t=$(readlink "$p"); elif [ -f "$p" ]; then set -- "$@" "$p"; fi
+  printf '%s\0%s\0' "$p" "$t" >> /tmp/names
 done
+if [ $# -gt 0 ]; then sha256sum "$@" >> /tmp/sums; fi
 EOF
 : > /tmp/stat
 : > /tmp/names
+: > /tmp/sums
 find . -mindepth 1 -exec sh /tmp/describe {} +
 echo '@@stat'
 cat /tmp/stat
 echo '@@names'
 xxd -p /tmp/names
+echo '@@sums'
+xxd -p /tmp/sums
 echo '@@done'
 "#;
 
@@ -103,27 +111,29 @@ fn parse_listing(output: &str) -> anyhow::Result<Vec<Entry>> {
         let to = rest.find(end).with_context(|| format!("no {end} in:\n{output}"))?;
         Ok(&rest[..to])
     };
+    let hex_section = |start: &str, end: &str| -> anyhow::Result<Vec<u8>> {
+        let text: String = section(start, end)?.chars().filter(|c| !c.is_whitespace()).collect();
+        hex::decode(&text).with_context(|| format!("{start} is not valid hex"))
+    };
     let stats: Vec<&str> =
         section("@@stat\n", "@@names\n")?.lines().filter(|line| !line.is_empty()).collect();
-    let hex_text: String =
-        section("@@names\n", "@@done")?.chars().filter(|c| !c.is_whitespace()).collect();
-    let names = hex::decode(&hex_text).context("names are not valid hex")?;
+    let names = hex_section("@@names\n", "@@sums\n")?;
+    let sums = hex_section("@@sums\n", "@@done")?;
     let mut fields = names.split(|byte| *byte == 0);
+    let mut sums = SumReader { bytes: &sums };
 
     let mut entries = Vec::with_capacity(stats.len());
     for stat in stats {
-        let (mut name, target, hash) = match (fields.next(), fields.next(), fields.next()) {
-            (Some(name), Some(target), Some(hash)) => (name, target, hash),
-            _ => bail!("fewer names than stat lines in the listing"),
+        let (Some(name), Some(target)) = (fields.next(), fields.next()) else {
+            bail!("fewer names than stat lines in the listing");
         };
         let (raw_mode, size) = stat.split_once(' ').context("stat line without a size")?;
         let raw_mode = u32::from_str_radix(raw_mode, 16)
             .with_context(|| format!("bad mode in stat line {stat:?}"))?;
         let size: u64 = size.trim().parse().with_context(|| format!("bad size in {stat:?}"))?;
-        if let Some(stripped) = name.strip_prefix(b"./") {
-            name = stripped;
-        }
         let kind = kind_of(raw_mode);
+        let sha256 = if kind == 'f' { Some(sums.next_for(name)?) } else { None };
+        let name = name.strip_prefix(b"./").unwrap_or(name);
         entries.push(Entry {
             path: String::from_utf8(name.to_vec()).context("entry name is not UTF-8")?,
             kind,
@@ -133,15 +143,42 @@ fn parse_listing(output: &str) -> anyhow::Result<Vec<Entry>> {
                 .then(|| String::from_utf8(target.to_vec()))
                 .transpose()
                 .context("link target is not UTF-8")?,
-            sha256: (kind == 'f').then(|| String::from_utf8_lossy(hash).into_owned()),
+            sha256,
         });
     }
     ensure!(
         fields.next().is_none_or(<[u8]>::is_empty) && fields.next().is_none(),
         "more names than stat lines in the listing"
     );
+    ensure!(sums.bytes.is_empty(), "more sha256sum lines than regular files in the listing");
     entries.sort();
     Ok(entries)
+}
+
+/// Reads `sha256sum` output for files whose names are known in advance: busybox writes names
+/// raw, so a name may hold a newline; knowing it, the record's end is certain anyway.
+struct SumReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl SumReader<'_> {
+    /// The hash from the next record, which must be `<64 hex>  <name>\n`.
+    fn next_for(&mut self, name: &[u8]) -> anyhow::Result<String> {
+        let record_len = 64 + 2 + name.len() + 1;
+        ensure!(self.bytes.len() >= record_len, "sha256sum output ends before {name:?}");
+        let (record, rest) = self.bytes.split_at(record_len);
+        let (hash, tail) = record.split_at(64);
+        ensure!(
+            hash.iter().all(u8::is_ascii_hexdigit)
+                && tail.starts_with(b"  ")
+                && &tail[2..tail.len() - 1] == name
+                && tail.ends_with(b"\n"),
+            "unexpected sha256sum record {:?} for {name:?}",
+            String::from_utf8_lossy(record)
+        );
+        self.bytes = rest;
+        Ok(String::from_utf8_lossy(hash).to_ascii_lowercase())
+    }
 }
 
 /// The kind letter for the file-type bits of a mode.
@@ -203,49 +240,53 @@ fn walk(root: &Path, dir: &Path, entries: &mut BTreeMap<String, Entry>) -> anyho
 mod tests {
     use super::*;
 
+    fn listing(stat: &str, names: &[u8], sums: &[u8]) -> String {
+        format!(
+            "@@stat\n{stat}@@names\n{}\n@@sums\n{}\n@@done\n",
+            hex::encode(names),
+            hex::encode(sums)
+        )
+    }
+
     #[test]
     fn listing_output_is_parsed_with_binary_safe_names() {
-        let names: Vec<u8> =
-            [&b"./d\0\0\0"[..], b"./d/a b\0\0", b"0123abcd\0", b"./l\nx\0d/a b\0\0"].concat();
-        let output =
-            format!("@@stat\n41ed 2048\n81a4 3\na1ff 3\n@@names\n{}\n@@done\n", hex::encode(names));
+        let hash = "ab".repeat(32);
+        let names = [&b"./d\0\0"[..], b"./d/a\nb\0\0", b"./l x\0d/a\nb\0"].concat();
+        let sums = format!("{hash}  ./d/a\nb\n");
+        let output = listing("41ed 2048\n81a4 3\na1ff 5\n", &names, sums.as_bytes());
         let entries = parse_listing(&output).expect("parses");
+        let entry = |path: &str, kind, mode, size, link: Option<&str>, sha: Option<&str>| Entry {
+            path: path.into(),
+            kind,
+            mode,
+            size,
+            link_target: link.map(Into::into),
+            sha256: sha.map(Into::into),
+        };
         assert_eq!(
             entries,
             [
-                Entry {
-                    path: "d".into(),
-                    kind: 'd',
-                    mode: 0o755,
-                    size: 0,
-                    link_target: None,
-                    sha256: None
-                },
-                Entry {
-                    path: "d/a b".into(),
-                    kind: 'f',
-                    mode: 0o644,
-                    size: 3,
-                    link_target: None,
-                    sha256: Some("0123abcd".into())
-                },
-                Entry {
-                    path: "l\nx".into(),
-                    kind: 'l',
-                    mode: 0o777,
-                    size: 3,
-                    link_target: Some("d/a b".into()),
-                    sha256: None
-                },
+                entry("d", 'd', 0o755, 0, None, None),
+                entry("d/a\nb", 'f', 0o644, 3, None, Some(&hash)),
+                entry("l x", 'l', 0o777, 5, Some("d/a\nb"), None),
             ]
         );
     }
 
     #[test]
     fn mismatched_listing_is_an_error() {
-        let output =
-            format!("@@stat\n41ed 0\n81a4 3\n@@names\n{}\n@@done\n", hex::encode(b"./d\0\0\0"));
-        assert!(parse_listing(&output).is_err());
+        let hash = "cd".repeat(32);
+        let one_file = b"./f\0\0";
+        let good_sum = format!("{hash}  ./f\n");
+        assert!(parse_listing(&listing("81a4 1\n", one_file, good_sum.as_bytes())).is_ok());
+        // A stat line too many, a name too many, a missing or foreign hash, a hash too many.
+        assert!(parse_listing(&listing("81a4 1\n41ed 0\n", one_file, good_sum.as_bytes())).is_err());
+        assert!(parse_listing(&listing("", one_file, b"")).is_err());
+        assert!(parse_listing(&listing("81a4 1\n", one_file, b"")).is_err());
+        let other = format!("{hash}  ./g\n");
+        assert!(parse_listing(&listing("81a4 1\n", one_file, other.as_bytes())).is_err());
+        let twice = good_sum.repeat(2);
+        assert!(parse_listing(&listing("81a4 1\n", one_file, twice.as_bytes())).is_err());
     }
 
     #[test]

@@ -52,3 +52,51 @@ fn guest_that_never_ends_is_killed_at_the_timeout() {
     // The QEMU process is gone (reaped, so its /proc entry too).
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "QEMU {pid} still there");
 }
+
+/// Pins what `mesh_qemu::initramfs` relies on when it copies compressed modules as they are:
+/// busybox `insmod` in the guest loads xz- and gzip-compressed modules, not zstd ones.
+#[test]
+fn busybox_insmod_loads_xz_and_gzip_modules_but_not_zstd() {
+    use std::process::Command;
+
+    let kernel = mesh_testkit::guest_kernel(Arch::X86_64).expect("guest kernel");
+    let work = tempfile::tempdir().expect("temp dir");
+    let source = work.path().join("src");
+    std::fs::create_dir(&source).expect("mkdir");
+    let compressions = [("nls_cp850", "xz"), ("nls_cp852", "gzip"), ("nls_cp855", "zstd")];
+    for (module, tool) in compressions {
+        let original = kernel.modules_dir.join(format!("kernel/fs/nls/{module}.ko"));
+        let suffix = match tool {
+            "xz" => "xz",
+            "gzip" => "gz",
+            _ => "zst",
+        };
+        let output = Command::new(tool)
+            .arg("-c")
+            .arg(&original)
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {tool} (is it installed?): {error}"));
+        assert!(output.status.success(), "{tool} failed");
+        std::fs::write(source.join(format!("{module}.ko.{suffix}")), output.stdout).expect("write");
+    }
+    let image = work.path().join("modules.ext2");
+    let status = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext2", "-d"])
+        .arg(&source)
+        .arg(&image)
+        .arg("2M")
+        .status()
+        .expect("mke2fs (e2fsprogs) must be installed");
+    assert!(status.success(), "mke2fs failed");
+
+    let script = "mount -t ext2 -o ro /dev/vda /mnt\n\
+                  for m in /mnt/*.ko.*; do insmod \"$m\" 2>/dev/null && echo \"loaded $m\"; done\n\
+                  cut -d' ' -f1 /proc/modules | grep '^nls_cp85' | sort";
+    let output = run_guest(Arch::X86_64, &[image], script, TIMEOUT).expect("guest runs");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(
+        lines,
+        ["loaded /mnt/nls_cp850.ko.xz", "loaded /mnt/nls_cp852.ko.gz", "nls_cp850", "nls_cp852"],
+        "xz and gzip load, zstd does not"
+    );
+}
