@@ -287,10 +287,9 @@ impl CloudConfig {
     pub fn render(&self) -> Result<String, RenderError> {
         self.check()?;
 
-        let mut body = yaml::to_yaml("user-data", self).map_err(RenderError::Emit)?;
-        if body.trim() == "{}" {
-            body.clear();
-        }
+        // An empty config stays `{}`: an empty document loads as None, which `cloud-init
+        // schema` rejects as "not a YAML dict".
+        let body = yaml::to_yaml("user-data", self).map_err(RenderError::Emit)?;
         let text = format!("{CLOUD_CONFIG_HEADER}{body}");
 
         if has_mime_marker(text.as_bytes()) {
