@@ -245,6 +245,8 @@ impl InitramfsBuilder {
         for key in order {
             let relative = &index.modules[&key].relative_path;
             let disk = modules_dir.join(relative);
+            // FIXME: zstd modules would need a decoder here (ruzstd, pure Rust); matters for
+            // kernels built with MODULE_COMPRESS_ZSTD (Ubuntu), not Debian (none or xz).
             if relative.ends_with(".ko.zst") {
                 return Err(InitramfsError::UnsupportedModuleCompression { path: disk });
             }
@@ -317,6 +319,20 @@ fn normalise(path: &str) -> Option<String> {
     valid.then(|| components.join("/"))
 }
 
+/// A `modules.dep` path relative to the modules directory. depmod writes relative paths,
+/// but very old ones and some hand-made files write `/lib/modules/<version>/kernel/...`.
+fn relative_module_path(path: &str) -> &str {
+    const MODULES: &str = "/lib/modules/";
+    if !path.starts_with('/') {
+        return path;
+    }
+    let Some(at) = path.find(MODULES) else {
+        return path.trim_start_matches('/');
+    };
+    let after_modules = &path[at + MODULES.len()..];
+    after_modules.split_once('/').map_or(after_modules, |(_version, rest)| rest)
+}
+
 /// The name `modprobe` would use for a module file or a requested module: no directory, no
 /// suffix, dashes as underscores.
 fn module_key(name_or_path: &str) -> String {
@@ -377,7 +393,7 @@ impl ModuleIndex {
             self.modules.insert(
                 module_key(module),
                 ModuleInfo {
-                    relative_path: module.to_owned(),
+                    relative_path: relative_module_path(module).to_owned(),
                     depends: depends.split_whitespace().map(module_key).collect(),
                 },
             );
@@ -713,6 +729,16 @@ mod tests {
         let error = builder.write(Vec::new()).expect_err("file used as a directory");
         assert!(
             matches!(error, InitramfsError::ParentNotDirectory { ref parent, .. } if parent == "a")
+        );
+    }
+
+    #[test]
+    fn absolute_modules_dep_paths_become_relative() {
+        assert_eq!(relative_module_path("kernel/fs/a.ko"), "kernel/fs/a.ko");
+        assert_eq!(relative_module_path("/lib/modules/6.1.0-1/kernel/fs/a.ko"), "kernel/fs/a.ko");
+        assert_eq!(
+            relative_module_path("/usr/lib/modules/6.1.0-1/updates/b.ko.xz"),
+            "updates/b.ko.xz"
         );
     }
 
