@@ -18,9 +18,15 @@ use crate::{Accel, Arch};
 /// What the probe guests print on their first serial port.
 pub const PROBE_MARKER: &str = "MESH-PROBE-OK";
 
-/// How long a KVM probe guest gets to print its marker; a working KVM needs well under a
-/// second (QEMU start plus SeaBIOS).
+/// The longest a KVM probe guest gets to print its marker; a working KVM needs well under
+/// a second (QEMU start, SeaBIOS, the page touching). It also has to beat TCG.
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// KVM always gets at least this long, because QEMU's own start-up (the same for both
+/// accelerators) can dominate a fast TCG run. A working KVM needs a fraction of it; the
+/// nested KVM this guards against needs four seconds or more.
+const KVM_PROBE_FLOOR: Duration = Duration::from_millis(1500);
+/// The longest the TCG run of the probe guest gets (it needs about a second).
+const TCG_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Failures while running a probe guest.
 #[derive(Debug, thiserror::Error)]
@@ -54,37 +60,113 @@ pub enum AccelProbeError {
     },
 }
 
-/// An x86 boot sector, loaded by SeaBIOS at 0000:7c00 and run in real mode. It writes the
-/// marker to COM1 and halts. Assembled by hand; each line is one instruction.
+/// How many distinct 4 KiB pages a probe guest writes to (64 MiB) before printing. On
+/// nested hosts KVM does run guests, but every first touch of a page costs a trip through
+/// the outer hypervisor: a Linux kernel then needs minutes to decompress itself. Touching
+/// memory like a real guest makes such a KVM lose against TCG, and the probe notices.
+const PROBE_PAGES: u32 = 0x4000;
+
+/// Guest memory for the probe: room for the pages touched above the first 2 MiB (x86) or
+/// 8 MiB (aarch64).
+const PROBE_MEMORY: &str = "128M";
+
+/// An x86 boot sector, loaded by SeaBIOS at 0000:7c00 and entered in real mode. It
+/// switches straight to 64-bit long mode (as a kernel must), maps the first 128 MiB with
+/// 2 MiB pages, writes one byte into each of [`PROBE_PAGES`] pages from 2 MiB up, then
+/// writes the marker to COM1 and halts. Assembled by hand; one instruction per line, with
+/// its offset. The marker follows at 0xbe.
 const X86_BOOT_CODE: &[u8] = &[
-    0xfa, //             cli                  no interrupts: nothing is set up for them
-    0xfc, //             cld                  lodsb walks forwards
-    0x31, 0xc0, //       xor ax, ax
-    0x8e, 0xd8, //       mov ds, ax           the message is addressed from segment 0
-    0xbe, 0x17, 0x7c, // mov si, 0x7c17       0x7c00 + offset of the message (23)
-    0xba, 0xf8, 0x03, // mov dx, 0x3f8        COM1 data register
-    0xac, //             next: lodsb          al = [ds:si++]
-    0x84, 0xc0, //       test al, al
-    0x74, 0x03, //       jz done              NUL ends the message
-    0xee, //             out dx, al           QEMU's UART needs no setup to transmit
-    0xeb, 0xf8, //       jmp next
-    0xf4, //             done: hlt
-    0xeb, 0xfd, //       jmp done
+    // 16-bit real mode.
+    0xfa, //                               00 cli
+    0xfc, //                               01 cld
+    0x31, 0xc0, //                         02 xor ax, ax
+    0x8e, 0xd8, //                         04 mov ds, ax
+    0x8e, 0xc0, //                         06 mov es, ax
+    0xbf, 0x00,
+    0x10, //                   08 mov di, 0x1000        page tables at 0x1000-0x3fff
+    0xb9, 0x00, 0x18, //                   0b mov cx, 0x1800        12 KiB in words
+    0xf3, 0xab, //                         0e rep stosw             zero them
+    0xc7, 0x06, 0x00, 0x10, 0x03, 0x20, // 10 mov word [0x1000], 0x2003  PML4[0] -> PDPT, P+W
+    0xc7, 0x06, 0x00, 0x20, 0x03, 0x30, // 16 mov word [0x2000], 0x3003  PDPT[0] -> PD, P+W
+    0xc7, 0x06, 0x00, 0x30, 0x83, 0x00, // 1c mov word [0x3000], 0x0083  PD[0] = 0, 2 MiB page
+    0x66, 0x0f, 0x01, 0x16, 0xb8, 0x7c, // 22 lgdt [0x7cb8]        descriptor at offset b8
+    0x66, 0xb8, 0x20, 0x00, 0x00, 0x00, // 28 mov eax, 0x20
+    0x0f, 0x22, 0xe0, //                   2e mov cr4, eax          PAE
+    0x66, 0xb8, 0x00, 0x10, 0x00, 0x00, // 31 mov eax, 0x1000
+    0x0f, 0x22, 0xd8, //                   37 mov cr3, eax          PML4
+    0x66, 0xb9, 0x80, 0x00, 0x00, 0xc0, // 3a mov ecx, 0xc0000080  EFER
+    0x0f, 0x32, //                         40 rdmsr
+    0x0d, 0x00, 0x01, //                   42 or ax, 0x100          LME
+    0x0f, 0x30, //                         45 wrmsr
+    0x0f, 0x20, 0xc0, //                   47 mov eax, cr0
+    0x66, 0x0d, 0x01, 0x00, 0x00, 0x80, // 4a or eax, 0x80000001    PE and PG at once
+    0x0f, 0x22, 0xc0, //                   50 mov cr0, eax
+    0x66, 0xea, 0x5b, 0x7c, 0x00, 0x00, 0x08,
+    0x00, // 53 jmp dword 0x08:0x7c5b  into 64-bit code
+    // 64-bit long mode.
+    0xbf, 0x08, 0x30, 0x00, 0x00, //       5b mov edi, 0x3008       PD[1]
+    0xb8, 0x83, 0x00, 0x20, 0x00, //       60 mov eax, 0x200083     2 MiB, large, P+W
+    0xb9, 0x3f, 0x00, 0x00, 0x00, //       65 mov ecx, 63
+    0x48, 0x89, 0x07, //                   6a map: mov [rdi], rax
+    0x48, 0x83, 0xc7, 0x08, //             6d add rdi, 8
+    0x48, 0x05, 0x00, 0x00, 0x20, 0x00, // 71 add rax, 0x200000
+    0xe2, 0xf1, //                         77 loop map
+    0xbf, 0x00, 0x00, 0x20, 0x00, //       79 mov edi, 0x200000
+    0xb9, 0x00, 0x40, 0x00, 0x00, //       7e mov ecx, PROBE_PAGES
+    0xc6, 0x07, 0x01, //                   83 touch: mov byte [rdi], 1
+    0x48, 0x81, 0xc7, 0x00, 0x10, 0x00, 0x00, // 86 add rdi, 4096
+    0xe2, 0xf4, //                         8d loop touch
+    0x66, 0xba, 0xf8, 0x03, //             8f mov dx, 0x3f8        COM1 data register
+    0x48, 0x8d, 0x35, 0x24, 0x00, 0x00, 0x00, // 93 lea rsi, [rip + 0x24]  the marker at be
+    0xac, //                               9a next: lodsb
+    0x84, 0xc0, //                         9b test al, al
+    0x74, 0x03, //                         9d jz done              NUL ends the message
+    0xee, //                               9f out dx, al           the UART needs no setup
+    0xeb, 0xf8, //                         a0 jmp next
+    0xf4, //                               a2 done: hlt
+    0xeb, 0xfd, //                         a3 jmp done
+    0x0f, 0x1f, 0x00, //                   a5 nop                  align the GDT to 8
+    // a8: GDT. Entry 0 is the null descriptor; entry 1 (selector 0x08) is a 64-bit code
+    // segment: present, ring 0, execute/read, L bit set.
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x9a, 0x20, 0x00, //
+    // b8: GDT descriptor for lgdt: limit 15, base 0x7ca8.
+    0x0f, 0x00, 0xa8, 0x7c, 0x00, 0x00, //
 ];
 
 /// An aarch64 program for the `virt` machine, loaded by QEMU's `-kernel` as a raw image and
-/// entered at its first byte (position independent). It writes the marker to the PL011
-/// UART at 0x0900_0000 and waits for interrupts forever. Little-endian instruction words.
+/// entered at its first byte (position independent, MMU off). It writes one byte into each
+/// of [`PROBE_PAGES`] pages from 8 MiB into RAM (past QEMU's device tree and the image),
+/// then writes the marker to the PL011 UART at 0x0900_0000 and waits for interrupts
+/// forever. Little-endian instruction words; the marker follows at 0x38.
 const AARCH64_CODE: &[u32] = &[
-    0xd2a1_2001, //      movz x1, #0x0900, lsl #16   UART data register
-    0x1000_00e2, //      adr  x2, message            28 bytes ahead (0x20)
-    0x3840_1440, //      next: ldrb w0, [x2], #1
-    0x3400_0060, //      cbz  w0, done
-    0x3900_0020, //      strb w0, [x1]
-    0x17ff_fffd, //      b    next
-    0xd503_207f, //      done: wfi
-    0x17ff_ffff, //      b    done
+    0xd2a8_1003, //      00 movz x3, #0x4080, lsl #16  RAM base 0x4000_0000 + 8 MiB
+    0xd288_0004, //      04 movz x4, #0x4000           PROBE_PAGES
+    0x3900_0064, //      08 touch: strb w4, [x3]
+    0x9140_0463, //      0c add  x3, x3, #1, lsl #12   next 4 KiB page
+    0xf100_0484, //      10 subs x4, x4, #1
+    0x54ff_ffa1, //      14 b.ne touch
+    0xd2a1_2001, //      18 movz x1, #0x0900, lsl #16  UART data register
+    0x1000_00e2, //      1c adr  x2, message           28 bytes ahead (0x38)
+    0x3840_1440, //      20 next: ldrb w0, [x2], #1
+    0x3400_0060, //      24 cbz  w0, done
+    0x3900_0020, //      28 strb w0, [x1]
+    0x17ff_fffd, //      2c b    next
+    0xd503_207f, //      30 done: wfi
+    0x17ff_ffff, //      34 b    done
 ];
+
+// The page count is encoded in both programs; keep them in step with the constant.
+const _: () = assert!(
+    u32::from_le_bytes([
+        X86_BOOT_CODE[0x7f],
+        X86_BOOT_CODE[0x80],
+        X86_BOOT_CODE[0x81],
+        X86_BOOT_CODE[0x82]
+    ]) == PROBE_PAGES
+);
+const _: () = assert!((AARCH64_CODE[1] >> 5) & 0xffff == PROBE_PAGES);
+const _: () = assert!(X86_BOOT_CODE.len() == 0xbe, "the marker must follow at 0xbe");
 
 /// The probe guest for `arch`: code followed by the NUL-terminated marker line.
 fn probe_guest(arch: Arch) -> Vec<u8> {
@@ -105,12 +187,16 @@ fn probe_guest(arch: Arch) -> Vec<u8> {
 /// Decides which accelerator runs `arch` guests on this host.
 ///
 /// Another architecture than the host's always gets TCG, without probing. For the host
-/// architecture, KVM is chosen only if `/dev/kvm` opens and a tiny probe guest started
-/// under KVM prints [`PROBE_MARKER`] within 5 seconds. The verdict is cached in `cache_dir`
-/// (see [`accel_cache_path`]), so the probe runs once per kernel and QEMU version. Falling
-/// back to TCG is logged as a warning once per process.
+/// architecture, KVM is chosen only if `/dev/kvm` opens and a tiny probe guest (it enters
+/// 64-bit mode, writes to 64 MiB of memory, then prints [`PROBE_MARKER`]) prints its marker
+/// under KVM within 5 seconds *and* no later than the same guest under TCG (KVM gets at
+/// least 1.5 s, as QEMU's start-up is part of both times). Nested hosts fail the second
+/// condition: their KVM runs guests, but touching memory is so slow that a Linux kernel
+/// spends minutes decompressing itself. The verdict is cached in `cache_dir` (see
+/// [`accel_cache_path`]), so the probe runs once per kernel and QEMU version. Falling back
+/// to TCG is logged as a warning once per process.
 ///
-/// Blocks for up to the probe's timeout on the first call.
+/// Blocks on the first call: about 2 s where KVM fails, well under 1 s where it works.
 pub fn probe_accel(arch: Arch, cache_dir: &Path) -> Accel {
     if arch != Arch::host() {
         return Accel::Tcg;
@@ -140,9 +226,25 @@ fn decide(arch: Arch) -> (Accel, &'static str) {
         tracing::debug!(%error, "/dev/kvm does not open");
         return (Accel::Tcg, "/dev/kvm cannot be opened");
     }
-    match probe_guest_prints_marker(arch, Accel::Kvm, KVM_PROBE_TIMEOUT) {
-        Ok(true) => (Accel::Kvm, "the KVM probe guest printed its marker"),
-        Ok(false) => (Accel::Tcg, "the KVM probe guest printed nothing in time"),
+    // KVM is only worth it if it beats TCG on the same guest; the TCG run also calibrates
+    // the deadline to the host's current speed.
+    let kvm_deadline = match probe_guest_time(arch, Accel::Tcg, TCG_PROBE_TIMEOUT) {
+        Ok(Some(tcg)) => {
+            tracing::debug!(?tcg, "TCG probe guest printed its marker");
+            tcg.clamp(KVM_PROBE_FLOOR, KVM_PROBE_TIMEOUT)
+        }
+        Ok(None) => KVM_PROBE_TIMEOUT,
+        Err(error) => {
+            tracing::debug!(error = &error as &dyn std::error::Error, "TCG probe failed");
+            KVM_PROBE_TIMEOUT
+        }
+    };
+    match probe_guest_time(arch, Accel::Kvm, kvm_deadline) {
+        Ok(Some(kvm)) => {
+            tracing::debug!(?kvm, "KVM probe guest printed its marker");
+            (Accel::Kvm, "the KVM probe guest ran faster than under TCG")
+        }
+        Ok(None) => (Accel::Tcg, "the KVM probe guest was slower than TCG or printed nothing"),
         Err(error) => {
             tracing::debug!(error = &error as &dyn std::error::Error, "KVM probe failed");
             (Accel::Tcg, "the KVM probe guest could not run")
@@ -184,15 +286,16 @@ pub fn accel_cache_path(arch: Arch, cache_dir: &Path) -> Option<PathBuf> {
     Some(cache_dir.join(key))
 }
 
-/// Boots the probe guest for `arch` under `accel` and reports whether it printed
-/// [`PROBE_MARKER`] within `timeout`. QEMU is killed (by PID) afterwards.
+/// Boots the probe guest for `arch` under `accel` and returns how long after QEMU's start
+/// it printed [`PROBE_MARKER`], or `None` if it did not within `timeout`. QEMU is killed
+/// (by PID) afterwards.
 ///
-/// [`probe_accel`] uses this with KVM; with TCG it shows that the probe guest itself works.
-pub fn probe_guest_prints_marker(
+/// [`probe_accel`] runs this under TCG and under KVM and compares.
+pub fn probe_guest_time(
     arch: Arch,
     accel: Accel,
     timeout: Duration,
-) -> Result<bool, AccelProbeError> {
+) -> Result<Option<Duration>, AccelProbeError> {
     static RUN: AtomicU64 = AtomicU64::new(0);
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("mesh-accel-probe-{}-{run}", std::process::id()));
@@ -206,7 +309,7 @@ fn probe_in(
     arch: Arch,
     accel: Accel,
     timeout: Duration,
-) -> Result<bool, AccelProbeError> {
+) -> Result<Option<Duration>, AccelProbeError> {
     let prepare = |path: &Path| {
         let path = path.to_owned();
         move |source| AccelProbeError::PrepareGuest { path, source }
@@ -216,6 +319,13 @@ fn probe_in(
     let serial = dir.join("serial.out");
     let log = dir.join("qemu.log");
     fs::write(&image, probe_guest(arch)).map_err(prepare(&image))?;
+    if arch == Arch::X86_64 {
+        // SeaBIOS reads the boot sector through a CHS geometry of 16 heads and 63 sectors
+        // per track: a disk smaller than one such cylinder has zero cylinders and cannot be
+        // booted. One sparse MiB is plenty.
+        let extend = || fs::OpenOptions::new().write(true).open(&image)?.set_len(1 << 20);
+        extend().map_err(prepare(&image))?;
+    }
     let qemu_log = File::create(&log).map_err(prepare(&log))?;
 
     let (image_arg, serial_arg) = match (image.to_str(), serial.to_str()) {
@@ -228,7 +338,7 @@ fn probe_in(
     let cpu = if accel == Accel::Kvm { "host" } else { "max" };
     let mut command = Command::new(arch.qemu_binary());
     command.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
-    command.args(["-accel", accel.as_str(), "-cpu", cpu, "-m", "64M"]);
+    command.args(["-accel", accel.as_str(), "-cpu", cpu, "-m", PROBE_MEMORY]);
     match arch {
         Arch::X86_64 => {
             command.args(["-machine", "q35", "-drive"]);
@@ -255,19 +365,19 @@ fn probe_in(
     let seen = loop {
         let output = fs::read(&serial).unwrap_or_default();
         if String::from_utf8_lossy(&output).contains(PROBE_MARKER) {
-            break true;
+            break Some(started.elapsed());
         }
         if child.try_wait().map_err(stop_error)?.is_some() || started.elapsed() >= timeout {
-            break false;
+            break None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     };
     // `kill` addresses our own unreaped child by PID, so it cannot hit another process.
     if child.try_wait().map_err(stop_error)?.is_none() {
         child.kill().map_err(stop_error)?;
     }
     child.wait().map_err(stop_error)?;
-    if !seen {
+    if seen.is_none() {
         let qemu_said = fs::read_to_string(&log).unwrap_or_default();
         tracing::debug!(%arch, %accel, qemu_said = qemu_said.trim(), "probe guest printed no marker");
     }
@@ -279,22 +389,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn x86_probe_guest_is_one_signed_sector_with_the_marker_where_the_code_points() {
+    fn x86_probe_guest_addresses_point_where_the_code_means() {
         let guest = probe_guest(Arch::X86_64);
         assert_eq!(guest.len(), 512);
         assert_eq!(&guest[510..], &[0x55, 0xaa]);
-        // `mov si, imm16` at offset 6 holds the marker's load address.
-        let address = u16::from_le_bytes([guest[7], guest[8]]) as usize;
-        assert_eq!(&guest[address - 0x7c00..][..PROBE_MARKER.len()], PROBE_MARKER.as_bytes());
+        let at = |offset: usize| u16::from_le_bytes([guest[offset], guest[offset + 1]]) as usize;
+        // lgdt operand -> descriptor whose base is the GDT with the 64-bit code segment.
+        let gdtr = at(0x26) - 0x7c00;
+        let gdt = at(gdtr + 2) - 0x7c00;
+        assert_eq!(at(gdtr), 15);
+        assert_eq!(guest[gdt + 8 + 5], 0x9a, "present ring-0 code segment");
+        assert_eq!(guest[gdt + 8 + 6], 0x20, "long-mode bit");
+        // The far jump lands on the first 64-bit instruction (mov edi, imm32).
+        assert_eq!(guest[at(0x55) - 0x7c00], 0xbf);
+        assert_eq!(at(0x59), 0x08, "code segment selector");
+        // The page count, and lea's rip-relative displacement reaching the marker.
+        assert_eq!(u32::from_le_bytes(guest[0x7f..0x83].try_into().expect("4")), PROBE_PAGES);
+        let marker = 0x9a + u32::from_le_bytes(guest[0x96..0x9a].try_into().expect("4")) as usize;
+        assert_eq!(&guest[marker..][..PROBE_MARKER.len()], PROBE_MARKER.as_bytes());
     }
 
     #[test]
     fn aarch64_probe_guest_adr_points_at_the_marker() {
         let guest = probe_guest(Arch::Aarch64);
-        // adr x2 at byte 4: immhi in bits 5..24, immlo in bits 29..31.
-        let word = AARCH64_CODE[1];
+        // adr x2 at byte 0x1c: immhi in bits 5..24, immlo in bits 29..31.
+        let word = AARCH64_CODE[7];
         let offset = (((word >> 5) & 0x7ffff) << 2 | (word >> 29) & 3) as usize;
-        assert_eq!(&guest[4 + offset..][..PROBE_MARKER.len()], PROBE_MARKER.as_bytes());
+        assert_eq!(&guest[0x1c + offset..][..PROBE_MARKER.len()], PROBE_MARKER.as_bytes());
+        // movz x4, #imm16 carries the page count in bits 5..21.
+        assert_eq!((AARCH64_CODE[1] >> 5) & 0xffff, PROBE_PAGES);
     }
 
     #[test]

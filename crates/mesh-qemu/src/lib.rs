@@ -60,9 +60,7 @@ mod overlay;
 mod process;
 mod qmp;
 
-pub use accel::{
-    accel_cache_path, probe_accel, probe_guest_prints_marker, AccelProbeError, PROBE_MARKER,
-};
+pub use accel::{accel_cache_path, probe_accel, probe_guest_time, AccelProbeError, PROBE_MARKER};
 pub use arch::{Accel, Arch, ParseAccelError, ParseArchError};
 pub use command::{
     Boot, Drive, Nic, QemuCommand, SpecError, VirtioSerialPort, VmSpec, MAX_SOCKET_PATH,

@@ -186,6 +186,9 @@ struct Inner {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     shared: Arc<Shared>,
     events: broadcast::Sender<QmpEvent>,
+    /// The receiver that has seen every event since the greeting, for the first caller of
+    /// [`Qmp::events`].
+    first_events: Mutex<Option<broadcast::Receiver<QmpEvent>>>,
     next_id: AtomicU64,
     command_timeout: Mutex<Duration>,
     reader: tokio::task::JoinHandle<()>,
@@ -242,7 +245,7 @@ impl Qmp {
         read_greeting(&mut reader, socket, deadline).await?;
 
         let shared = Arc::new(Shared::default());
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (events, first_events) = broadcast::channel(EVENT_BUFFER);
         let reader =
             tokio::spawn(read_messages(reader, Arc::clone(&shared), events.clone(), socket.into()));
         let qmp = Qmp {
@@ -251,6 +254,7 @@ impl Qmp {
                 writer: tokio::sync::Mutex::new(write_half),
                 shared,
                 events,
+                first_events: Mutex::new(Some(first_events)),
                 next_id: AtomicU64::new(1),
                 command_timeout: Mutex::new(DEFAULT_COMMAND_TIMEOUT),
                 reader,
@@ -276,9 +280,13 @@ impl Qmp {
         self.inner.shared.lock().closed
     }
 
-    /// A receiver of every event that arrives from now on.
+    /// A receiver of events. The first call gets every event since the greeting (up to 256
+    /// of them, even those that came before the reply to `qmp_capabilities`), so nothing
+    /// between [`Qmp::connect`] and subscribing is lost; later calls get the events that
+    /// arrive from then on.
     pub fn events(&self) -> broadcast::Receiver<QmpEvent> {
-        self.inner.events.subscribe()
+        let mut first = self.inner.first_events.lock().unwrap_or_else(|p| p.into_inner());
+        first.take().unwrap_or_else(|| self.inner.events.subscribe())
     }
 
     /// Runs a QMP command and returns its `return` value.
