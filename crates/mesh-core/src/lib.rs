@@ -32,6 +32,7 @@
 //! assert_eq!(names, ["x86-1", "x86-2", "aarch-1"]);
 //! ```
 
+pub mod fault;
 pub mod image;
 pub mod keys;
 pub mod mesh;
@@ -132,6 +133,14 @@ pub enum Error {
         /// Cause.
         #[source]
         source: mesh_qemu::ProcessError,
+    },
+    /// A fault could not be applied.
+    #[error("fault on {node}: {what}")]
+    Fault {
+        /// Node.
+        node: String,
+        /// What went wrong.
+        what: String,
     },
     /// No such mesh or node.
     #[error("{what}")]

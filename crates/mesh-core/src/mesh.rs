@@ -287,6 +287,14 @@ impl Mesh {
                 self.repo.as_ref(),
             )?;
             tracing::debug!(node = %node.name, args = ?cmd.args, "qemu command line");
+            let saved = crate::fault::command_file(node);
+            std::fs::write(
+                &saved,
+                serde_json::to_vec(&cmd)
+                    .map_err(std::io::Error::other)
+                    .map_err(|source| Error::Io { path: saved.clone(), source })?,
+            )
+            .map_err(|source| Error::Io { path: saved.clone(), source })?;
             record(&self.journal, &Record::QemuStarting { node: node.name.clone() })?;
             let process = mesh_qemu::QemuProcess::spawn(&cmd, Some(&netns_path), &node.qemu_log())
                 .map_err(|source| Error::Spawn { node: node.name.clone(), source })?;
@@ -365,6 +373,78 @@ impl Mesh {
     /// release.
     pub async fn check(&self, timeout: Duration) -> Result<Vec<ExecResult>, Error> {
         self.exec(CHECK_COMMAND, &[], timeout).await
+    }
+
+    /// Applies a node fault, using this mesh's own QMP connections.
+    pub async fn fault(
+        &mut self,
+        node: &str,
+        fault: crate::fault::NodeFault,
+    ) -> Result<String, Error> {
+        use crate::fault::NodeFault;
+        let index = self.plan.nodes.iter().position(|n| n.name == node).ok_or_else(|| {
+            Error::NotFound { what: format!("mesh {} has no node {node}", self.plan.spec.name) }
+        })?;
+        let rt = &mut self.nodes[index];
+        let held = rt.qmp.as_ref().filter(|q| !q.is_closed());
+        let direct = match (fault, held) {
+            (NodeFault::Pause, Some(q)) => Some(q.stop().await),
+            (NodeFault::Resume, Some(q)) => Some(q.cont().await),
+            (NodeFault::Reset, Some(q)) => Some(q.system_reset().await),
+            (NodeFault::LinkDown, Some(q)) => Some(q.set_link("nic0", false).await),
+            (NodeFault::LinkUp, Some(q)) => Some(q.set_link("nic0", true).await),
+            _ => None,
+        };
+        if let Some(result) = direct {
+            result.map_err(|e| Error::Fault { node: node.to_owned(), what: e.to_string() })?;
+            self.events.emit(
+                Some(node),
+                &format!(
+                    "fault.node.{}",
+                    serde_json::to_value(fault)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                ),
+                serde_json::Value::Null,
+            );
+            return Ok(format!("{node}: {fault:?}"));
+        }
+        // Kill and restart end the process: the old QMP connection and handle go with it.
+        rt.qmp = None;
+        let outcome = crate::fault::apply(&self.plan, node, fault).await?;
+        if let Some(mut p) = rt.process.take() {
+            if fault == NodeFault::Kill || fault == NodeFault::Restart {
+                let _ = tokio::time::timeout(Duration::from_secs(5), p.wait()).await;
+            } else {
+                rt.process = Some(p);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Waits until `node` is ready again (after a restart) and returns its readiness.
+    pub async fn wait_node_ready(
+        &mut self,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<NodeReadiness, Error> {
+        let index = self.plan.nodes.iter().position(|n| n.name == node).ok_or_else(|| {
+            Error::NotFound { what: format!("mesh {} has no node {node}", self.plan.spec.name) }
+        })?;
+        let plan = Arc::new(self.plan.clone());
+        let pid = crate::fault::live_process(&self.plan, node);
+        let (r, qmp) = wait_node(
+            plan.clone(),
+            plan.nodes[index].clone(),
+            pid,
+            timeout,
+            self.options.progress.clone(),
+            self.events.clone(),
+        )
+        .await;
+        self.nodes[index].qmp = qmp;
+        Ok(r)
     }
 
     /// Leaves the mesh running after this process exits (`--keep`).
