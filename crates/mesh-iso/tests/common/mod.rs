@@ -266,14 +266,19 @@ pub fn isoinfo_entries(image: &Path, extra: &[&str]) -> Vec<IsoinfoEntry> {
             dir = d.trim_end().trim_end_matches('/').trim_start_matches('/').to_owned();
             continue;
         }
-        let Some(close) = line.find(']') else { continue };
-        let fields: Vec<&str> = line[..close].split_whitespace().collect();
-        if fields.len() < 10 {
+        // `PERMS LINKS UID GID SIZE MON DAY YEAR [ LBA FLAGS]  NAME `; for multi-extent
+        // records isoinfo prints the flags as `FFFF` and loses the `]`.
+        let Some(open) = line.find('[') else { continue };
+        let fields: Vec<&str> = line[..open].split_whitespace().collect();
+        if fields.len() != 8 {
             continue;
         }
-        // isoinfo ends names with one space.
-        let raw = &line[close + 1..];
-        let raw = raw.strip_prefix("  ").unwrap_or(raw);
+        let after = line[open + 1..].trim_start();
+        let Some((lba, after)) = after.split_once(' ') else { continue };
+        let after = after.trim_start();
+        let flags_end = after.find([']', ' ']).unwrap_or(after.len());
+        let after = &after[flags_end..];
+        let raw = after.strip_prefix("]  ").or_else(|| after.strip_prefix(' ')).unwrap_or(after);
         let raw = raw.strip_suffix(' ').unwrap_or(raw);
         let (name, target) = match raw.split_once(" -> ") {
             Some((n, t)) => (n.to_owned(), Some(t.to_owned())),
@@ -295,7 +300,7 @@ pub fn isoinfo_entries(image: &Path, extra: &[&str]) -> Vec<IsoinfoEntry> {
             kind,
             mode,
             size: fields[4].parse().expect("size"),
-            lba: fields[9].parse().expect("lba"),
+            lba: lba.parse().expect("lba"),
             target,
         });
     }
