@@ -4,7 +4,8 @@
 //! cargo run -p mesh-cloudinit --example seed -- OUT --user-data F --meta-data F \
 //!     [--network-config F] [--vendor-data F] [--format iso|vfat]
 //! ```
-//! Every input is checked before OUT is written.
+//! Every input is checked before OUT is written. `--repeat N` builds and writes the seed N
+//! times and prints the median time of one build-and-write, without process start-up.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,7 @@ fn run() -> Result<(), String> {
     let (mut user_data, mut meta_data, mut network_config, mut vendor_data) =
         (None, None, None, None);
     let mut format = String::from("iso");
+    let mut repeat: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -35,6 +37,7 @@ fn run() -> Result<(), String> {
             "--network-config" => network_config = Some(PathBuf::from(value()?)),
             "--vendor-data" => vendor_data = Some(PathBuf::from(value()?)),
             "--format" => format = value()?,
+            "--repeat" => repeat = Some(value()?.parse().map_err(|e| format!("--repeat: {e}"))?),
             _ if out.is_none() && !arg.starts_with("--") => out = Some(PathBuf::from(&arg)),
             _ => return Err(format!("unexpected argument {arg:?}")),
         }
@@ -50,15 +53,34 @@ fn run() -> Result<(), String> {
     let network_config = read(&network_config)?;
     let vendor_data = read(&vendor_data)?;
 
-    let seed =
-        Seed::from_files(&user_data, &meta_data, network_config.as_deref(), vendor_data.as_deref())
-            .map_err(chain)?;
-    match format.as_str() {
-        "iso" => seed.write_iso(&out),
-        "vfat" => seed.write_vfat(&out),
-        other => return Err(format!("unknown --format {other:?} (iso or vfat)")),
+    let build_and_write = || -> Result<(), String> {
+        let seed = Seed::from_files(
+            &user_data,
+            &meta_data,
+            network_config.as_deref(),
+            vendor_data.as_deref(),
+        )
+        .map_err(chain)?;
+        match format.as_str() {
+            "iso" => seed.write_iso(&out),
+            "vfat" => seed.write_vfat(&out),
+            other => return Err(format!("unknown --format {other:?} (iso or vfat)")),
+        }
+        .map_err(chain)
+    };
+
+    let Some(runs) = repeat else {
+        return build_and_write();
+    };
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let start = std::time::Instant::now();
+        build_and_write()?;
+        times.push(start.elapsed());
     }
-    .map_err(chain)
+    times.sort();
+    println!("median {} us over {} runs", times[times.len() / 2].as_micros(), times.len());
+    Ok(())
 }
 
 /// The error and its causes on one line.

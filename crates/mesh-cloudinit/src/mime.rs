@@ -245,9 +245,12 @@ fn parse_entity(
     Ok(())
 }
 
-/// Unfolded `(lower-case name, value)` header fields and the body after the blank line.
-fn split_header(entity: &[u8]) -> Result<(Vec<(String, String)>, &[u8]), MimeError> {
-    let mut fields: Vec<(String, String)> = Vec::new();
+/// A header field as `(lower-case name, value)`.
+type HeaderField = (String, String);
+
+/// Unfolded header fields and the body after the blank line.
+fn split_header(entity: &[u8]) -> Result<(Vec<HeaderField>, &[u8]), MimeError> {
+    let mut fields: Vec<HeaderField> = Vec::new();
     let mut rest = entity;
     loop {
         let (line, next) = match rest.iter().position(|&b| b == b'\n') {
@@ -273,7 +276,7 @@ fn split_header(entity: &[u8]) -> Result<(Vec<(String, String)>, &[u8]), MimeErr
     }
 }
 
-fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn header<'a>(fields: &'a [HeaderField], name: &str) -> Option<&'a str> {
     fields.iter().find(|(field, _)| field == name).map(|(_, value)| value.as_str())
 }
 

@@ -196,9 +196,8 @@ struct WireMatch {
 
 impl Ethernet {
     fn to_wire<'a>(&'a self, id: &str) -> Result<WireEthernet<'a>, NetworkConfigError> {
-        let bad = |make: fn(String) -> NetworkConfigError| make(id.to_owned());
         if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
-            return Err(bad(|id| NetworkConfigError::CheckInterfaceId { id }));
+            return Err(NetworkConfigError::CheckInterfaceId { id: id.into() });
         }
         if !is_mac(&self.mac) {
             return Err(NetworkConfigError::CheckMac { id: id.into(), mac: self.mac.clone() });
@@ -281,9 +280,8 @@ fn is_cidr(value: &str) -> bool {
     };
     let max = if address.is_ipv4() { 32 } else { 128 };
     // A leading `+` or zero would parse but is not what netplan expects.
-    !prefix.starts_with('+')
-        && !(prefix.len() > 1 && prefix.starts_with('0'))
-        && prefix.parse::<u8>().is_ok_and(|p| p <= max)
+    let oddly_spelt = prefix.starts_with('+') || (prefix.len() > 1 && prefix.starts_with('0'));
+    !oddly_spelt && prefix.parse::<u8>().is_ok_and(|p| p <= max)
 }
 
 #[cfg(test)]

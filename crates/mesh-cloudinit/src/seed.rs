@@ -1,7 +1,6 @@
 //! The NoCloud seed: its files, its instance-id, and the ISO9660 or vfat image holding them.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -58,10 +57,10 @@ pub enum SeedError {
         #[source]
         source: mesh_iso::TreeError,
     },
-    /// Writing the ISO image failed.
-    #[error("cannot write ISO seed {path}")]
-    WriteIso {
-        /// The temporary file being written.
+    /// mesh-iso failed to build the image.
+    #[error("cannot build ISO seed for {path}")]
+    BuildIso {
+        /// The destination.
         path: PathBuf,
         /// The cause.
         #[source]
@@ -76,9 +75,9 @@ pub enum SeedError {
         #[source]
         source: VfatError,
     },
-    /// Writing the vfat image failed.
-    #[error("cannot write vfat seed {path}")]
-    WriteVfat {
+    /// Writing the image file failed.
+    #[error("cannot write seed image {path}")]
+    WriteImage {
         /// The temporary file being written.
         path: PathBuf,
         /// The cause.
@@ -221,12 +220,11 @@ impl Seed {
         options.rock_ridge = true;
         options.joliet = true;
 
-        let temp = temp_path(out);
-        if let Err(source) = mesh_iso::write_iso_file(&tree, &options, &temp) {
-            let _ = fs::remove_file(&temp);
-            return Err(SeedError::WriteIso { path: temp, source });
-        }
-        rename_into_place(&temp, out)
+        // Seeds are a few KiB: build in memory, then write and rename like the vfat image.
+        let mut image = Vec::new();
+        mesh_iso::write_iso(&tree, &options, &mut image)
+            .map_err(|source| SeedError::BuildIso { path: out.to_owned(), source })?;
+        write_image(&image, out)
     }
 
     /// Writes the seed as a FAT12 image labelled `CIDATA` in the boot sector and in the root
@@ -235,16 +233,7 @@ impl Seed {
         let image = vfat_image(&self.files(), VFAT_LABEL, self.volume_serial())
             .map_err(|source| SeedError::BuildVfat { path: out.to_owned(), source })?;
 
-        let temp = temp_path(out);
-        let written = fs::File::create(&temp).and_then(|mut file| {
-            file.write_all(&image)?;
-            file.sync_all()
-        });
-        if let Err(source) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(SeedError::WriteVfat { path: temp, source });
-        }
-        rename_into_place(&temp, out)
+        write_image(&image, out)
     }
 
     /// Recomputes the instance-id from the content and rewrites meta-data.
@@ -281,6 +270,39 @@ impl Seed {
         let digest = Sha256::digest(self.instance_id.as_bytes());
         u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
     }
+}
+
+/// Writes `image` to a temporary sibling of `out` and renames it into place, so readers see
+/// the old seed or the new one, never a partial file.
+///
+/// No fsync: a seed is derived data that `mesh up` writes again from the mesh spec, so after
+/// a host crash it is rebuilt rather than trusted; an fsync per node costs milliseconds on a
+/// busy disk, more than building the seed.
+fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
+    let temp = temp_path(out);
+    if let Err(source) = write_sparse(&temp, image) {
+        let _ = fs::remove_file(&temp);
+        return Err(SeedError::WriteImage { path: temp, source });
+    }
+    rename_into_place(&temp, out)
+}
+
+/// Writes `image`, leaving all-zero 4 KiB blocks as holes: most of a FAT image is empty
+/// clusters, and a hole reads back as zeros at no I/O cost.
+fn write_sparse(path: &Path, image: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+
+    const BLOCK: usize = 4096;
+    // Compared as slices (memcmp), which stays fast in unoptimised builds too.
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let file = fs::File::create(path)?;
+    file.set_len(image.len() as u64)?;
+    for (index, block) in image.chunks(BLOCK).enumerate() {
+        if block != &ZEROS[..block.len()] {
+            file.write_all_at(block, (index * BLOCK) as u64)?;
+        }
+    }
+    Ok(())
 }
 
 /// A sibling of `out`, so the final rename stays on one filesystem.

@@ -121,7 +121,7 @@ pub fn parse_user_data(bytes: &[u8]) -> Result<UserData, UserDataError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|source| UserDataError::Decode { offset: source.valid_up_to(), source })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let text = text.trim_start_matches(|c: char| c == ' ' || c == '\t' || c == '\n' || c == '\r');
+    let text = text.trim_start_matches([' ', '\t', '\n', '\r']);
     if text.is_empty() {
         return Err(UserDataError::CheckEmpty);
     }

@@ -47,7 +47,7 @@ fn text_that_is_no_known_format_is_rejected() {
 fn yaml_that_does_not_parse_is_rejected() {
     // Each of these makes PyYAML raise; confirm with it so the cases stay honest.
     let broken = ["a: [1, 2\n", "a: b: c\n", "a: 'x\n", "- a\nb: c\n", "a: 1\na: 2\n"];
-    let loaded = common::pyyaml_safe_load_all(&broken.map(str::to_owned).to_vec());
+    let loaded = common::pyyaml_safe_load_all(&broken.map(str::to_owned));
     for (text, pyyaml) in broken.iter().zip(&loaded) {
         let error = user_data_error(format!("#cloud-config\n{text}").as_bytes());
         assert!(matches!(error, UserDataError::ParseCloudConfig(_)), "{text:?}: {error:?}");
@@ -151,7 +151,8 @@ fn meta_data_near_miss_keys_are_rejected() {
 
 #[test]
 fn network_config_with_wrapper_or_unknown_version_is_rejected() {
-    let cases: [(&[u8], fn(&NetworkConfigError) -> bool); 4] = [
+    type Expect = fn(&NetworkConfigError) -> bool;
+    let cases: [(&[u8], Expect); 4] = [
         (b"network:\n  version: 2\n  ethernets: {}\n", |e| {
             matches!(e, NetworkConfigError::CheckNetworkWrapper)
         }),
