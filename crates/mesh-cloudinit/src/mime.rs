@@ -152,19 +152,22 @@ fn choose_boundary(parts: &[(&str, &str, &[u8])]) -> String {
             hasher.update(field);
         }
     }
-    let digest = hasher.finalize();
-    let mut attempt = 0u32;
-    loop {
-        let mut round = Sha256::new();
-        round.update(digest);
-        round.update(attempt.to_le_bytes());
-        let boundary = format!("==mesh-{}==", &hex::encode(round.finalize())[..32]);
-        let collides = parts.iter().any(|(_, _, body)| contains(body, boundary.as_bytes()));
-        if !collides {
-            return boundary;
-        }
-        attempt += 1;
-    }
+    first_free_boundary(&hasher.finalize(), parts)
+}
+
+/// The first candidate boundary (drawn from `seed`) that occurs in no part's body.
+fn first_free_boundary(seed: &[u8], parts: &[(&str, &str, &[u8])]) -> String {
+    (0u32..)
+        .map(|attempt| boundary_candidate(seed, attempt))
+        .find(|boundary| !parts.iter().any(|(_, _, body)| contains(body, boundary.as_bytes())))
+        .expect("a 128-bit candidate absent from finite input exists")
+}
+
+fn boundary_candidate(seed: &[u8], attempt: u32) -> String {
+    let mut round = Sha256::new();
+    round.update(seed);
+    round.update(attempt.to_le_bytes());
+    format!("==mesh-{}==", &hex::encode(round.finalize())[..32])
 }
 
 /// True when a body can go into a part without encoding: ASCII text, no CR, no NUL or
@@ -358,14 +361,20 @@ mod tests {
 
     #[test]
     fn boundary_is_absent_from_every_part() {
-        let first = multipart(&[("text/plain", "a", b"x")]).expect("valid");
-        let text = String::from_utf8(first).expect("ASCII");
-        let boundary = text.split('"').nth(1).expect("quoted boundary").to_owned();
-        // A part that contains the boundary the first attempt would pick must force another.
-        let tricky = format!("x\n--{boundary}\n");
-        let message = multipart(&[("text/plain", "a", tricky.as_bytes())]).expect("valid");
+        // Parts that contain the first two candidates force the third.
+        let seed = b"seed";
+        let first = boundary_candidate(seed, 0);
+        let second = boundary_candidate(seed, 1);
+        let body_a = format!("x\n--{first}\n");
+        let body_b = format!("--{second}--");
+        let parts: [(&str, &str, &[u8]); 2] =
+            [("text/plain", "a", body_a.as_bytes()), ("text/plain", "b", body_b.as_bytes())];
+        assert_eq!(first_free_boundary(seed, &parts), boundary_candidate(seed, 2));
+
+        let message = multipart(&parts).expect("valid");
         let parsed = parse_mime(&message).expect("parses");
-        assert_eq!(parsed[0].body, tricky.as_bytes());
+        assert_eq!(parsed[0].body, body_a.as_bytes());
+        assert_eq!(parsed[1].body, body_b.as_bytes());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -284,7 +285,9 @@ fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
         let _ = fs::remove_file(&temp);
         return Err(SeedError::WriteImage { path: temp, source });
     }
-    rename_into_place(&temp, out)
+    rename_into_place(&temp, out)?;
+    tracing::debug!(path = %out.display(), bytes = image.len(), "seed image written");
+    Ok(())
 }
 
 /// Writes `image`, leaving all-zero 4 KiB blocks as holes: most of a FAT image is empty
@@ -305,10 +308,13 @@ fn write_sparse(path: &Path, image: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A sibling of `out`, so the final rename stays on one filesystem.
+/// A sibling of `out`, so the final rename stays on one filesystem; unique per process and
+/// call, so threads writing the same seed do not share a temporary file.
 fn temp_path(out: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let serial = NEXT.fetch_add(1, Ordering::Relaxed);
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    out.with_file_name(format!(".{name}.tmp-{}-{serial}", std::process::id()))
 }
 
 fn rename_into_place(temp: &Path, out: &Path) -> Result<(), SeedError> {
