@@ -172,8 +172,7 @@ async fn connection_closed_mid_reply_fails_the_waiting_command_and_all_later_one
         peer.reply(&id, json!({})).await;
         let (name, id) = peer.command().await;
         assert_eq!(name, "query-status");
-        peer.send_raw(&format!(r#"{{"return": {{"status": "runn"#)).await;
-        let _ = id;
+        peer.send_raw(&format!(r#"{{"return": {{"status": "runn", "id": {id}"#)).await;
         // Dropping the peer closes the connection half-way through the reply.
     });
 
