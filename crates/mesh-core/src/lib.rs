@@ -32,6 +32,7 @@
 //! assert_eq!(names, ["x86-1", "x86-2", "aarch-1"]);
 //! ```
 
+pub mod accel;
 pub mod fault;
 pub mod image;
 pub mod keys;

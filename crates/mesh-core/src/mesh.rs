@@ -272,7 +272,7 @@ impl Mesh {
         let mut accels = HashMap::new();
         for node in &plan.nodes {
             if let std::collections::hash_map::Entry::Vacant(e) = accels.entry(node.arch) {
-                e.insert(self.accel_for(node.arch));
+                e.insert(self.accel_for(node.arch, &images[&node.arch]));
             }
         }
 
@@ -313,11 +313,15 @@ impl Mesh {
         Ok(())
     }
 
-    fn accel_for(&self, arch: Arch) -> Accel {
+    fn accel_for(&self, arch: Arch, image: &BaseImage) -> Accel {
         match self.options.accel {
             AccelChoice::Tcg => Accel::Tcg,
             AccelChoice::Kvm => Accel::Kvm,
-            AccelChoice::Auto => mesh_qemu::probe_accel(arch, &crate::plan::cache_root()),
+            AccelChoice::Auto => crate::accel::choose(
+                arch,
+                image.kernel_path().as_deref(),
+                &crate::plan::cache_root(),
+            ),
         }
     }
 
@@ -484,7 +488,7 @@ impl Mesh {
 }
 
 /// The built-in check run on every node when no action is given.
-pub const CHECK_COMMAND: &str = "set -e; for p in $(echo {peers} | tr , ' '); do ping -c 1 -W 5 $p >/dev/null 2>&1 || { echo \"cannot reach $p\" >&2; exit 1; }; done; uname -r";
+pub const CHECK_COMMAND: &str = "set -e; for p in $(echo {peers} | tr , ' '); do if ! ping -c 1 -W 5 $p >/dev/null 2>&1; then echo \"cannot reach $p\" >&2; exit 1; fi; done; uname -r";
 
 /// Readiness timeout per node: TCG is slow, and slower still when nodes share few cores.
 pub fn default_ready_timeout(arch: Arch, accel: Accel, nodes: usize) -> Duration {
@@ -614,4 +618,27 @@ async fn wait_node(
     }
     let _ = READY_PORT;
     (r, qmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_check_command_is_a_valid_template() {
+        // Regression: the check once used `{ ...; }` shell groups, which the template
+        // renderer took for placeholders, so every default `mesh up` failed after boot.
+        let spec = crate::MeshSpec::resolve(
+            None,
+            &crate::SpecOverrides { name: Some("t".into()), n_x86: Some(2), ..Default::default() },
+        )
+        .expect("spec");
+        let plan = crate::MeshPlan::with_paths(
+            &spec,
+            crate::MeshPaths { state: "/s".into(), runtime: "/r".into() },
+        )
+        .expect("plan");
+        let cmd = crate::template::render(CHECK_COMMAND, &plan, &plan.nodes[0]).expect("renders");
+        assert!(cmd.contains(&plan.nodes[1].ip.to_string()));
+    }
 }
