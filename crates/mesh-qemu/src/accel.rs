@@ -168,8 +168,11 @@ const _: () = assert!(
 const _: () = assert!((AARCH64_CODE[1] >> 5) & 0xffff == PROBE_PAGES);
 const _: () = assert!(X86_BOOT_CODE.len() == 0xbe, "the marker must follow at 0xbe");
 
-/// The probe guest for `arch`: code followed by the NUL-terminated marker line.
-fn probe_guest(arch: Arch) -> Vec<u8> {
+/// The probe guest for `arch`, as [`probe_accel`] boots it: for x86_64 a 512-byte boot
+/// sector (SeaBIOS needs the disk to be at least 1 MiB: pad it), for aarch64 a raw image for
+/// `-kernel`. Either prints [`PROBE_MARKER`] on the first serial port; useful wherever a test
+/// needs a guest that proves it ran.
+pub fn probe_guest(arch: Arch) -> Vec<u8> {
     let mut image = match arch {
         Arch::X86_64 => X86_BOOT_CODE.to_vec(),
         Arch::Aarch64 => AARCH64_CODE.iter().flat_map(|word| word.to_le_bytes()).collect(),

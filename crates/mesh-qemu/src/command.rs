@@ -60,7 +60,7 @@ pub enum Boot {
     },
     /// UEFI firmware from two pflash images: `code` attached read-only, `vars` a per-VM
     /// writable copy of the variable store. For aarch64 (AAVMF) both must be 64 MiB; see
-    /// [`crate::prepare_firmware_vars`].
+    /// [`crate::prepare_firmware_vars`] and [`crate::firmware_code`].
     Firmware {
         /// Firmware code, shared and read-only.
         code: PathBuf,

@@ -55,16 +55,20 @@
 mod accel;
 mod arch;
 mod command;
+mod firmware;
 pub mod initramfs;
 mod overlay;
 mod process;
 mod qmp;
 
-pub use accel::{accel_cache_path, probe_accel, probe_guest_time, AccelProbeError, PROBE_MARKER};
+pub use accel::{
+    accel_cache_path, probe_accel, probe_guest, probe_guest_time, AccelProbeError, PROBE_MARKER,
+};
 pub use arch::{Accel, Arch, ParseAccelError, ParseArchError};
 pub use command::{
     Boot, Drive, Nic, QemuCommand, SpecError, VirtioSerialPort, VmSpec, MAX_SOCKET_PATH,
 };
+pub use firmware::{firmware_code, prepare_firmware_vars, FirmwareError, AARCH64_FLASH_SIZE};
 pub use overlay::{create_overlay, probe_format, ImageFormat, OverlayError};
 pub use process::{kill_recorded, process_matches, process_start_time, ProcessError, QemuProcess};
 pub use qmp::{BlockInfo, BlockInserted, Qmp, QmpError, QmpEvent, QmpTimestamp, RunState};
