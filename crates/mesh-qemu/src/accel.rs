@@ -134,6 +134,8 @@ const X86_BOOT_CODE: &[u8] = &[
     0x0f, 0x00, 0xa8, 0x7c, 0x00, 0x00, //
 ];
 
+// FIXME: the aarch64 probe guest has only run under TCG (on an x86_64 host); its KVM run
+// on an arm64 host (with `-cpu host`) is untested until CI has such a runner.
 /// An aarch64 program for the `virt` machine, loaded by QEMU's `-kernel` as a raw image and
 /// entered at its first byte (position independent, MMU off). It writes one byte into each
 /// of [`PROBE_PAGES`] pages from 8 MiB into RAM (past QEMU's device tree and the image),
