@@ -6,13 +6,63 @@ use std::collections::BTreeSet;
 /// Longest Joliet identifier, in UCS-2 characters.
 pub(crate) const JOLIET_MAX_CHARS: usize = 64;
 
+/// An ASCII string of at most `N` bytes stored inline, so the name of every entry of a
+/// large tree costs no allocation. Ordered by its bytes, shorter first on a common prefix,
+/// which is the ECMA-119 order for space-padded d-characters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Short<const N: usize> {
+    buf: [u8; N],
+    len: u8,
+}
+
+impl<const N: usize> Short<N> {
+    /// The first `N` characters of `s`, which must be ASCII.
+    fn new(s: &str) -> Self {
+        debug_assert!(s.is_ascii());
+        let len = s.len().min(N);
+        let mut buf = [0u8; N];
+        buf[..len].copy_from_slice(&s.as_bytes()[..len]);
+        Short { buf, len: len as u8 }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).expect("built from ASCII")
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<const N: usize> PartialOrd for Short<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<const N: usize> Ord for Short<N> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for Short<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
 /// A primary-volume name: the parts of an 8.3 identifier.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct PrimaryName {
     /// Name part, 1 to 8 d-characters.
-    pub base: String,
+    pub base: Short<8>,
     /// Extension, 0 to 3 d-characters; always empty for directories.
-    pub ext: String,
+    pub ext: Short<3>,
     /// Directories carry no `.` separator and no `;1` version.
     pub is_dir: bool,
 }
@@ -21,9 +71,9 @@ impl PrimaryName {
     /// The file identifier as recorded: `BASE.EXT;1` for files, `BASE` for directories.
     pub(crate) fn identifier(&self) -> Vec<u8> {
         if self.is_dir {
-            self.base.as_bytes().to_vec()
+            self.base.as_str().as_bytes().to_vec()
         } else {
-            format!("{}.{};1", self.base, self.ext).into_bytes()
+            format!("{}.{};1", self.base.as_str(), self.ext.as_str()).into_bytes()
         }
     }
 
@@ -31,9 +81,9 @@ impl PrimaryName {
     /// shows `BASE.EXT` or `BASE`); two entries of a directory must never share it.
     pub(crate) fn visible(&self) -> String {
         if self.ext.is_empty() {
-            self.base.clone()
+            self.base.as_str().to_owned()
         } else {
-            format!("{}.{}", self.base, self.ext)
+            format!("{}.{}", self.base.as_str(), self.ext.as_str())
         }
     }
 }
@@ -64,7 +114,7 @@ pub(crate) fn primary_natural(name: &str, is_dir: bool) -> PrimaryName {
     if base.is_empty() {
         base.push('_');
     }
-    PrimaryName { base, ext: d_string(ext, 3), is_dir }
+    PrimaryName { base: Short::new(&base), ext: Short::new(&d_string(ext, 3)), is_dir }
 }
 
 /// Assigns unique 8.3 names to the entries of one directory.
@@ -89,8 +139,8 @@ pub(crate) fn assign_primary(entries: &[(&str, bool)]) -> Vec<PrimaryName> {
             loop {
                 let suffix = format!("_{n}");
                 let keep = 8 - suffix.len();
-                let base: String = name.base.chars().take(keep).collect::<String>() + &suffix;
-                let candidate = PrimaryName { base, ..name.clone() };
+                let base = format!("{}{suffix}", &name.base.as_str()[..name.base.len().min(keep)]);
+                let candidate = PrimaryName { base: Short::new(&base), ..name };
                 if taken.insert(candidate.visible()) {
                     claimed.insert(candidate.visible());
                     return candidate;
@@ -160,7 +210,7 @@ mod tests {
             let ok = |s: &str| {
                 s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
             };
-            assert!(ok(&n.base) && ok(&n.ext), "{name:?} -> {n:?}");
+            assert!(ok(n.base.as_str()) && ok(n.ext.as_str()), "{name:?} -> {n:?}");
             assert!((1..=8).contains(&n.base.len()) && n.ext.len() <= 3);
         }
     }

@@ -309,15 +309,15 @@ enum PKind {
 }
 
 #[derive(Debug, Clone)]
-struct PChild {
-    rr_name: String,
+struct PChild<'a> {
+    rr_name: &'a str,
     kind: PKind,
     name: Option<PrimaryName>,
 }
 
 /// A directory of the primary hierarchy.
 #[derive(Debug)]
-struct PDir {
+struct PDir<'a> {
     /// `None` for `rr_moved`.
     node: Option<NodeId>,
     path: String,
@@ -326,7 +326,7 @@ struct PDir {
     parent: usize,
     /// For relocated directories, the directory it logically belongs in (PL).
     logical_parent: Option<usize>,
-    children: Vec<PChild>,
+    children: Vec<PChild<'a>>,
     ident: Vec<u8>,
     lba: u32,
     size: u32,
@@ -339,11 +339,13 @@ enum JKind {
 }
 
 #[derive(Debug)]
-struct JDir {
+struct JDir<'a> {
     node: NodeId,
     parent: usize,
     ident: Vec<u8>,
-    children: Vec<(Vec<u8>, JKind)>,
+    /// Children by POSIX name, in Joliet order; their identifiers are recomputed when the
+    /// extent is encoded rather than kept for every entry of the tree.
+    children: Vec<(&'a str, JKind)>,
     lba: u32,
     size: u32,
 }
@@ -353,8 +355,8 @@ struct Plan<'a> {
     tree: &'a IsoTree,
     opts: &'a IsoOptions,
     volume_time: i64,
-    pdirs: Vec<PDir>,
-    jdirs: Vec<JDir>,
+    pdirs: Vec<PDir<'a>>,
+    jdirs: Vec<JDir<'a>>,
     /// Data files in image order, with their first block.
     files: Vec<(NodeId, u32)>,
     /// Index into `files` per node.
@@ -445,15 +447,13 @@ impl<'a> Plan<'a> {
             let entries: Vec<(&str, bool)> = dir
                 .children
                 .iter()
-                .map(|c| {
-                    (c.rr_name.as_str(), matches!(c.kind, PKind::Dir(_) | PKind::Relocated(_)))
-                })
+                .map(|c| (c.rr_name, matches!(c.kind, PKind::Dir(_) | PKind::Relocated(_))))
                 .collect();
             let names = assign_primary(&entries);
             for (child, name) in dir.children.iter_mut().zip(names) {
                 child.name = Some(name);
             }
-            dir.children.sort_by(|a, b| a.name.cmp(&b.name));
+            dir.children.sort_by_key(|c| c.name);
         }
 
         // Path table order: breadth first, children in identifier order.
@@ -535,16 +535,16 @@ impl<'a> Plan<'a> {
                 if let Some(first) = seen.insert(ident.clone(), path.clone()) {
                     return Err(WriteError::MapJolietName { first, second: path });
                 }
-                children.push((ident, kind, path));
+                children.push((ident, name, kind, path));
             }
             children.sort_by(|a, b| a.0.cmp(&b.0));
-            for (ident, kind, path) in children {
+            for (ident, name, kind, path) in children {
                 let kind = match kind {
                     JKind::Dir(node) => {
                         dirs.push(JDir {
                             node,
                             parent: d,
-                            ident: ident.clone(),
+                            ident,
                             children: vec![],
                             lba: 0,
                             size: 0,
@@ -555,7 +555,7 @@ impl<'a> Plan<'a> {
                     }
                     file => file,
                 };
-                dirs[d].children.push((ident, kind));
+                dirs[d].children.push((name, kind));
             }
             i += 1;
         }
@@ -740,7 +740,7 @@ impl<'a> Plan<'a> {
 
         for child in &dir.children {
             let ident = child.name.as_ref().expect("names assigned in build_primary").identifier();
-            let nm = susp::nm(&child.rr_name);
+            let nm = susp::nm(child.rr_name);
             match child.kind {
                 PKind::Dir(x) | PKind::Relocated(x) => {
                     let sub = &self.pdirs[x];
@@ -791,7 +791,8 @@ impl<'a> Plan<'a> {
         };
         record(&mut out, &[0], dir.lba, dir.size, dir.node, FLAG_DIRECTORY);
         record(&mut out, &[1], parent.lba, parent.size, parent.node, FLAG_DIRECTORY);
-        for (ident, kind) in &dir.children {
+        for (name, kind) in &dir.children {
+            let ident = &joliet_name(name);
             match *kind {
                 JKind::Dir(x) => {
                     let sub = &self.jdirs[x];
@@ -844,7 +845,7 @@ impl<'a> Plan<'a> {
     }
 }
 
-impl PDir {
+impl PDir<'_> {
     fn new(node: Option<NodeId>, path: String, level: u32, parent: usize) -> Self {
         PDir {
             node,
@@ -860,9 +861,9 @@ impl PDir {
     }
 }
 
-impl PChild {
-    fn new(name: &str, kind: PKind) -> Self {
-        PChild { rr_name: name.to_owned(), kind, name: None }
+impl<'a> PChild<'a> {
+    fn new(name: &'a str, kind: PKind) -> Self {
+        PChild { rr_name: name, kind, name: None }
     }
 }
 
