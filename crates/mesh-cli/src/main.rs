@@ -86,6 +86,20 @@ enum Command {
     },
     /// Remove what crashed or killed runs left behind.
     Gc,
+    /// Node faults: pause, resume, kill, restart, reset, link down|up.
+    Node {
+        /// Mesh name.
+        name: String,
+        /// Node name.
+        node: String,
+        /// pause | resume | kill | restart | reset | link
+        action: String,
+        /// For `link`: down or up.
+        state: Option<String>,
+        /// After `restart`, do not wait for the node to be ready again.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Base images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -283,6 +297,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Console { name, node } => console(&name, &node).await,
         Command::Down { name, all } => down(name, all).await,
         Command::Gc => gc().await,
+        Command::Node { name, node, action, state, no_wait } => {
+            node_fault(&name, &node, &action, state.as_deref(), no_wait).await
+        }
         Command::Image(cmd) => image(cmd).await,
         Command::Seed { out, user_data, meta_data, network_config, vendor_data, format } => {
             seed(out, user_data, meta_data, network_config, vendor_data, format)
@@ -566,6 +583,47 @@ async fn down(name: Option<String>, all: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn node_fault(
+    name: &str,
+    node: &str,
+    action: &str,
+    state: Option<&str>,
+    no_wait: bool,
+) -> Result<ExitCode> {
+    use mesh_core::fault::NodeFault;
+    let fault: NodeFault = match (action, state) {
+        ("link", Some("down")) => NodeFault::LinkDown,
+        ("link", Some("up")) => NodeFault::LinkUp,
+        ("link", other) => bail!("`link` takes down or up, not {:?}", other.unwrap_or("")),
+        (a, None) => a.parse().map_err(anyhow::Error::msg)?,
+        (a, Some(extra)) => bail!("unexpected argument {extra:?} after {a}"),
+    };
+    let plan = load_plan(name)?;
+    if plan.node(node).is_none() {
+        bail!(
+            "mesh {name} has no node {node} (nodes: {})",
+            plan.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let summary = mesh_core::teardown::inspect(&plan.paths.state);
+    if summary.state == mesh_core::teardown::MeshState::Owned {
+        bail!("mesh {name} is owned by a running `mesh up` (faults on such a mesh go through its Rust API); use `mesh up --keep`");
+    }
+    let outcome = mesh_core::fault::apply(&plan, node, fault).await?;
+    println!("{outcome}");
+    if fault == NodeFault::Restart && !no_wait {
+        let n = plan.node(node).context("node vanished from the plan")?;
+        let timeout = mesh_core::mesh::default_ready_timeout(n.arch, mesh_qemu::Accel::Tcg, 1);
+        let r = mesh_core::mesh::wait_node_detached(&plan, node, timeout, Some(progress_printer()))
+            .await?;
+        if let Some(err) = r.error {
+            bail!("{node} did not become ready after restart ({}): {err}", r.phase);
+        }
+        println!("{node} ready again after {:.1} s", r.ready_secs().unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn gc() -> Result<ExitCode> {
     let removed = mesh_core::teardown::gc().await;
     if removed.is_empty() {
@@ -614,6 +672,7 @@ async fn image(cmd: ImageCommand) -> Result<ExitCode> {
             } else if list.is_empty() {
                 println!("no images (build one with `mesh image build --arch x86_64`)");
             } else {
+                println!("{}", report::image_header());
                 for i in list {
                     println!("{}", report::image_line(&i));
                 }

@@ -97,9 +97,9 @@ impl Report {
             } else {
                 let code = x.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
                 let output = if x.ok() {
-                    first_line(&x.stdout)
+                    last_line(&x.stdout)
                 } else {
-                    first_line(&format!("{}{}", x.stderr, x.stdout))
+                    last_line(&format!("{}{}", x.stdout, x.stderr))
                 };
                 out.push_str(&format!(
                     "{:<10} {:<8} {:<15} {:>8} {:>5} {:>7.1}s  {}\n",
@@ -190,6 +190,20 @@ fn first_line(s: &str) -> String {
     }
 }
 
+/// The last non-empty line: an action's result is usually what it prints last.
+fn last_line(s: &str) -> String {
+    let line = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    shorten(line)
+}
+
+fn shorten(line: &str) -> String {
+    if line.chars().count() > 60 {
+        format!("{}...", line.chars().take(57).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
 fn xml(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
@@ -215,15 +229,31 @@ pub fn exec_table(results: &[ExecResult]) -> String {
             code,
             x.duration_ms as f64 / 1000.0,
             if x.ok() {
-                first_line(&x.stdout)
+                last_line(&x.stdout)
             } else {
-                first_line(&format!("{}{}", x.stderr, x.stdout))
+                last_line(&format!("{}{}", x.stdout, x.stderr))
             }
         ));
     }
     out
 }
 
+pub fn image_header() -> String {
+    format!("{:<32} {:<8} {:<10} {:<22} {:>8}", "ID", "ARCH", "BOOT", "KERNEL", "SIZE")
+}
+
 pub fn image_line(i: &mesh_core::image::BaseImage) -> String {
-    format!("{}  {}", i.dir.display(), serde_json::to_string(&i.manifest).unwrap_or_default())
+    let m = &i.manifest;
+    let boot = match &m.boot {
+        mesh_core::image::BootMode::Direct { .. } => "direct",
+        _ => "firmware",
+    };
+    format!(
+        "{:<32} {:<8} {:<10} {:<22} {:>7}M",
+        m.id,
+        m.arch.to_string(),
+        boot,
+        m.kernel_version.as_deref().unwrap_or("-"),
+        m.disk_size >> 20
+    )
 }

@@ -487,6 +487,27 @@ impl Mesh {
     }
 }
 
+/// Waits until `node` of a mesh this process does not own is ready (after `mesh node
+/// restart`). Readiness is pushed by the guest again on every boot.
+pub async fn wait_node_detached(
+    plan: &MeshPlan,
+    node: &str,
+    timeout: Duration,
+    progress: Option<ProgressFn>,
+) -> Result<NodeReadiness, Error> {
+    let node_plan = plan
+        .node(node)
+        .ok_or_else(|| Error::NotFound {
+            what: format!("mesh {} has no node {node}", plan.spec.name),
+        })?
+        .clone();
+    let pid = crate::fault::live_process(plan, node);
+    let events = EventLog::new(plan.paths.events());
+    let (r, _qmp) =
+        wait_node(Arc::new(plan.clone()), node_plan, pid, timeout, progress, events).await;
+    Ok(r)
+}
+
 /// The built-in check run on every node when no action is given.
 pub const CHECK_COMMAND: &str = "set -e; for p in $(echo {peers} | tr , ' '); do if ! ping -c 1 -W 5 $p >/dev/null 2>&1; then echo \"cannot reach $p\" >&2; exit 1; fi; done; uname -r";
 
