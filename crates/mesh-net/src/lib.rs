@@ -53,6 +53,7 @@ mod handle;
 mod naming;
 mod netns;
 mod network;
+pub mod shaper;
 mod tap;
 mod tbf;
 
