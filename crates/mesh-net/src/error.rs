@@ -10,13 +10,15 @@ use crate::tap::TapError;
 /// A netlink request the kernel refused, or a protocol failure talking to it.
 #[derive(Debug)]
 pub struct NetlinkError {
-    inner: rtnetlink::Error,
+    // Boxed: rtnetlink::Error can hold a whole netlink message, which would make every
+    // Result<_, NetError> hundreds of bytes large.
+    inner: Box<rtnetlink::Error>,
 }
 
 impl NetlinkError {
     /// The errno the kernel answered with, if it answered with one.
     pub fn errno(&self) -> Option<i32> {
-        match &self.inner {
+        match self.inner.as_ref() {
             rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
             _ => None,
         }
@@ -25,7 +27,7 @@ impl NetlinkError {
 
 impl From<rtnetlink::Error> for NetlinkError {
     fn from(inner: rtnetlink::Error) -> Self {
-        NetlinkError { inner }
+        NetlinkError { inner: Box::new(inner) }
     }
 }
 

@@ -176,7 +176,7 @@ impl Netns {
         prepare_run_dir()?;
 
         // O_EXCL makes a second creator of the same name fail here rather than mount over ours.
-        match OpenOptions::new().write(true).create_new(true).mode(0).open(&path) {
+        match OpenOptions::new().write(true).create_new(true).mode(0o000).open(&path) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(NetnsError::AlreadyExists { name: name.into(), path });

@@ -537,6 +537,9 @@ pub async fn teardown(created: &[Created]) -> Result<(), NetError> {
                 keep(Netns::delete_if_exists(name).map(|_| ()).map_err(NetError::from));
             }
             Created::NftTable { netns, family, name } => {
+                if doomed.contains(netns.as_str()) {
+                    continue;
+                }
                 if let Ok(ns) = Netns::open(netns) {
                     // A missing table is fine: it goes away with its namespace anyway.
                     let _ = run_nft(&ns, &["delete", "table", family, name], None);
