@@ -123,6 +123,8 @@ fn create_one(name: &str) -> Result<(), TapError> {
         }
     };
 
+    // FIXME: no TUNSETOWNER/TUNSETGROUP yet, so only root can attach to the tap; this matters
+    // once QEMU runs unprivileged inside the namespace.
     // SAFETY: TUNSETPERSIST takes its argument by value; `tun` is an open tun descriptor.
     let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };
     if rc < 0 {
