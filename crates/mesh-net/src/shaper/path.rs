@@ -80,7 +80,7 @@ pub enum ShaperPathError {
         netns: String,
         /// The cause.
         #[source]
-        source: NetError,
+        source: Box<NetError>,
     },
     /// No link of that name (an unknown node?).
     #[error("no port {node_port} in namespace {netns}")]
@@ -142,7 +142,7 @@ pub enum ShaperPathError {
         node_port: String,
         /// The cause.
         #[source]
-        source: NetError,
+        source: Box<NetError>,
     },
     /// The shaper's veth end could not be given its MTU and raised.
     #[error("cannot set MTU {mtu} and raise {ifname} in namespace {netns}")]
@@ -234,7 +234,7 @@ pub async fn insert_shaper_path(
     let links = net
         .links()
         .await
-        .map_err(|source| ShaperPathError::Inspect { netns: netns.clone(), source })?;
+        .map_err(|e| ShaperPathError::Inspect { netns: netns.clone(), source: Box::new(e) })?;
     let find = |name: &str| links.iter().find(|l| l.name == name);
     let port = find(node_port).ok_or_else(|| ShaperPathError::PortNotFound {
         netns: netns.clone(),
@@ -295,7 +295,7 @@ async fn build(net: &NetHandle, path: &ShaperPath) -> Result<(), ShaperPathError
     let link = |source| ShaperPathError::Link {
         action: "insert",
         node_port: path.node_port.clone(),
-        source,
+        source: Box::new(source),
     };
     let netns = Netns::open(&path.netns).map_err(ShaperPathError::Namespace)?;
 
@@ -330,8 +330,11 @@ pub async fn remove_shaper_path(
     node_port: &str,
 ) -> Result<bool, ShaperPathError> {
     check_ifname(node_port).map_err(|reason| ShaperPathError::InvalidName { reason })?;
-    let link =
-        |source| ShaperPathError::Link { action: "remove", node_port: node_port.into(), source };
+    let link = |source| ShaperPathError::Link {
+        action: "remove",
+        node_port: node_port.into(),
+        source: Box::new(source),
+    };
     let netns = Netns::open(net.netns()).map_err(ShaperPathError::Namespace)?;
     let (bridge_end, _) = shaper_veth_names(node_port);
 
