@@ -591,7 +591,8 @@ impl ImageStore {
             // A damaged image is not listed but can still be removed by its id.
             if let RemoveTarget::Id(id) = target {
                 let dir = self.root.join(id);
-                if !id.starts_with('.') && !id.contains('/') && dir.is_dir() {
+                let is_dir = fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir());
+                if !id.starts_with('.') && !id.contains('/') && is_dir {
                     staging::remove_tree(&dir)?;
                     removed.push(id.clone());
                 }

@@ -57,6 +57,7 @@ fn ctrl_c_during_a_build_leaves_no_image() {
         .env(CHILD_STORE, &root)
         .process_group(0)
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .spawn()
         .expect("start the child build");
     let pgid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
