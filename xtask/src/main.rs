@@ -2,6 +2,7 @@
 //! test suite, CI checks and benchmarks, as plain Rust subcommands.
 
 mod bench;
+mod bench_mesh;
 mod deps;
 
 use std::path::{Path, PathBuf};

@@ -22,6 +22,8 @@ pub const GUEST_NIC: &str = "mesh0";
 /// Path of the readiness script in guests.
 const READY_SCRIPT: &str = "/usr/local/sbin/vmmesh-ready";
 const READY_UNIT: &str = "/etc/systemd/system/vmmesh-ready.service";
+/// cloud-init runs this on every boot, from within cloud-final.
+const READY_PER_BOOT: &str = "/var/lib/cloud/scripts/per-boot/vmmesh-ready";
 
 fn ready_script() -> String {
     format!(
@@ -47,10 +49,7 @@ fn ready_unit() -> String {
          \n\
          [Service]\n\
          Type=oneshot\n\
-         ExecStart={READY_SCRIPT}\n\
-         \n\
-         [Install]\n\
-         WantedBy=multi-user.target\n"
+         ExecStart={READY_SCRIPT}\n"
     )
 }
 
@@ -100,19 +99,17 @@ pub fn node_seed(
     if let Some(repo) = repo {
         config.runcmd.push(Command::Shell(repo_copy_command(repo, node.arch)));
     }
-    // Enabled for later boots (restart keeps the instance), started now without blocking:
-    // it is ordered after cloud-final, so it runs once this boot's cloud-init is finished.
-    config.runcmd.push(Command::Argv(vec![
-        "systemctl".into(),
-        "enable".into(),
-        "vmmesh-ready.service".into(),
-    ]));
-    config.runcmd.push(Command::Argv(vec![
-        "systemctl".into(),
-        "start".into(),
-        "--no-block".into(),
-        "vmmesh-ready.service".into(),
-    ]));
+    // Started on every boot (a restart keeps the instance) from cloud-final's per-boot
+    // scripts, without blocking: the unit is ordered after cloud-final, so it runs once this
+    // boot's cloud-init has finished. Regression: an [Install] section with
+    // WantedBy=multi-user.target made an ordering cycle (cloud-final is after
+    // multi-user.target) and systemd silently dropped the job on every later boot.
+    config.write_files.push(WriteFile {
+        path: READY_PER_BOOT.into(),
+        content: "#!/bin/sh\nexec systemctl start --no-block vmmesh-ready.service\n".into(),
+        permissions: Some("0755".into()),
+        ..WriteFile::default()
+    });
     if let Some(serde_json::Value::Object(extra)) = &node.cloud_config {
         for (k, v) in extra {
             config.extra.insert(k.clone(), v.clone());
