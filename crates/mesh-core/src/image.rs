@@ -614,6 +614,10 @@ impl ImageStore {
     /// Builds a Debian 12 image for `arch` with mmdebstrap, or returns the cached one when
     /// an image with the same recipe is already in the store. Needs root. The result becomes
     /// the current image for `arch`.
+    ///
+    /// Images of older recipes stay in the store until removed.
+    // FIXME: nothing prunes images of superseded recipes (about 400 MiB each); it matters for
+    // long-lived CI caches once the recipe changes often.
     pub fn build(&self, arch: Arch, opts: &BuildOptions) -> Result<BaseImage, ImageError> {
         build::build(self, arch, opts)
     }

@@ -203,6 +203,11 @@ fn mmdebstrap_command(
     opts: &BuildOptions,
     rootfs: &Path,
 ) -> Command {
+    // FIXME: for a foreign arch, most of the build is dpkg unpacking packages under
+    // emulation (decompression included), not the maintainer scripts. Running the host's dpkg
+    // with `--root` (native unpack, chrooted scripts) would take most of it away; it needs
+    // care with the multi-arch view of the database and matters when the arm64 build is on a
+    // critical path (a CI run with a cold cache).
     let mut command = Command::new(mmdebstrap);
     command
         .arg("--mode=root")
