@@ -30,6 +30,9 @@ fn ready_script() -> String {
         "#!/bin/sh\n\
          # Tells the vm-mesh host, over a virtio-serial port, that cloud-init has finished and how.\n\
          status=$(cloud-init status 2>/dev/null | sed -n 's/^status: //p')\n\
+         # Make what cloud-init wrote durable first: a node may be killed (power loss) as soon\n\
+         # as it is ready, and must boot again with the same host key.\n\
+         sync\n\
          [ -n \"$status\" ] || status=unknown\n\
          echo \"VMMESH-READY $status\" > /dev/console 2>/dev/null || true\n\
          for i in $(seq 1 50); do\n\
