@@ -120,7 +120,7 @@ pub fn runtime_root() -> PathBuf {
     }
     std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir())
+        .unwrap_or_else(std::env::temp_dir)
         .join("vm-mesh")
 }
 

@@ -76,11 +76,13 @@ pub fn node_seed(
     host_key: &KeyPair,
     repo: Option<&InjectedRepo>,
 ) -> Result<Seed, Error> {
-    let mut config = CloudConfig::default();
-    config.hostname = Some(node.name.clone());
-    config.manage_etc_hosts = Some(true);
-    config.disable_root = Some(false);
-    config.ssh_pwauth = Some(false);
+    let mut config = CloudConfig {
+        hostname: Some(node.name.clone()),
+        manage_etc_hosts: Some(true),
+        disable_root: Some(false),
+        ssh_pwauth: Some(false),
+        ..CloudConfig::default()
+    };
     config.ssh_keys.ed25519_private = Some(host_key.private_text()?);
     config.ssh_keys.ed25519_public = Some(host_key.public.clone());
     config.extra.insert("ssh_authorized_keys".into(), serde_json::json!([client.public]));
@@ -130,7 +132,7 @@ pub fn node_seed(
             ..Ethernet::default()
         },
     );
-    let network = NetworkConfig { ethernets, ..NetworkConfig::default() };
+    let network = NetworkConfig { ethernets };
     Seed::new(&config, &node.name, Some(&network))
         .map_err(|source| Error::Seed { node: node.name.clone(), source })
 }
