@@ -86,6 +86,14 @@ enum Command {
     },
     /// Remove what crashed or killed runs left behind.
     Gc,
+    /// Network conditions: delay, loss, duplicate, reorder, rate, clear, partition, heal.
+    Net(NetArgs),
+    /// Runs one link shaper until stopped (started by `mesh net`; not for direct use).
+    #[command(hide = true)]
+    ShaperDaemon {
+        /// The shaper's JSON configuration.
+        config: PathBuf,
+    },
     /// Node faults: pause, resume, kill, restart, reset, link down|up.
     Node {
         /// Mesh name.
@@ -137,6 +145,25 @@ enum Command {
         #[arg(long)]
         timestamp: Option<i64>,
     },
+}
+
+#[derive(Args)]
+struct NetArgs {
+    /// Mesh name.
+    name: String,
+    /// delay NODE 100ms | loss NODE 5% | duplicate NODE 1% | reorder NODE 10% |
+    /// rate NODE 1mbit | clear [NODE] | partition A,B / C,D | heal
+    #[arg(required = true, num_args = 1..)]
+    words: Vec<String>,
+    /// Jitter for `delay` (uniform, e.g. 10ms).
+    #[arg(long)]
+    jitter: Option<String>,
+    /// Seed of every random decision, for replaying a run (default: the mesh's current seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// `partition`: block only frames from the first group to the others.
+    #[arg(long)]
+    one_way: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -297,6 +324,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Console { name, node } => console(&name, &node).await,
         Command::Down { name, all } => down(name, all).await,
         Command::Gc => gc().await,
+        Command::Net(args) => net(args).await,
+        Command::ShaperDaemon { config } => {
+            mesh_core::netfault::run_daemon(&config)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Node { name, node, action, state, no_wait } => {
             node_fault(&name, &node, &action, state.as_deref(), no_wait).await
         }
@@ -621,6 +653,78 @@ async fn node_fault(
         }
         println!("{node} ready again after {:.1} s", r.ready_secs().unwrap_or_default());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Turns the words after `mesh net NAME` into an operation.
+fn parse_net_op(args: &NetArgs) -> Result<mesh_core::netfault::NetOp> {
+    use mesh_core::netfault::{parse_duration, parse_percent, parse_rate, NetOp};
+    let w: Vec<&str> = args.words.iter().map(String::as_str).collect();
+    let node = || -> Result<String> {
+        w.get(1)
+            .map(|s| s.to_string())
+            .context("name the node, e.g. `mesh net demo delay x86-1 100ms`")
+    };
+    let value = |what: &str| -> Result<&str> {
+        if w.len() > 3 {
+            bail!("unexpected argument {:?}", w[3]);
+        }
+        w.get(2).copied().with_context(|| format!("give the {what}"))
+    };
+    let op = match w[0] {
+        "delay" => NetOp::Delay {
+            node: node()?,
+            delay: parse_duration(value("delay, e.g. 100ms")?).map_err(anyhow::Error::msg)?,
+            jitter: match &args.jitter {
+                Some(j) => parse_duration(j).map_err(anyhow::Error::msg)?,
+                None => std::time::Duration::ZERO,
+            },
+        },
+        "loss" => NetOp::Loss { node: node()?, ppm: parse_percent(value("loss, e.g. 5%")?).map_err(anyhow::Error::msg)? },
+        "duplicate" => NetOp::Duplicate { node: node()?, ppm: parse_percent(value("share, e.g. 1%")?).map_err(anyhow::Error::msg)? },
+        "reorder" => NetOp::Reorder { node: node()?, ppm: parse_percent(value("share, e.g. 10%")?).map_err(anyhow::Error::msg)? },
+        "rate" => NetOp::Rate { node: node()?, bps: parse_rate(value("rate, e.g. 1mbit")?).map_err(anyhow::Error::msg)? },
+        "clear" => NetOp::Clear { node: w.get(1).map(|s| s.to_string()) },
+        "heal" => NetOp::Heal,
+        "partition" => {
+            let text = w[1..].join(" ");
+            let groups: Vec<Vec<String>> = text
+                .split('/')
+                .map(|g| g.split([',', ' ']).filter(|n| !n.is_empty()).map(str::to_owned).collect())
+                .collect();
+            if groups.len() < 2 && !args.one_way {
+                bail!("write the groups as A,B / C,D");
+            }
+            NetOp::Partition { groups: groups.into_iter().filter(|g: &Vec<String>| !g.is_empty()).collect(), one_way: args.one_way }
+        }
+        other => bail!("unknown network operation {other:?} (delay, loss, duplicate, reorder, rate, clear, partition, heal)"),
+    };
+    if args.jitter.is_some() && !matches!(op, NetOp::Delay { .. }) {
+        bail!("--jitter goes with `delay`");
+    }
+    Ok(op)
+}
+
+async fn net(args: NetArgs) -> Result<ExitCode> {
+    let op = parse_net_op(&args)?;
+    let plan = load_plan(&args.name)?;
+    let summary = mesh_core::teardown::inspect(&plan.paths.state);
+    if summary.state == mesh_core::teardown::MeshState::Owned {
+        bail!(
+            "mesh {} is owned by a running `mesh up`; use `mesh up --keep` or the Rust API",
+            args.name
+        );
+    }
+    let binary =
+        std::env::current_exe().context("cannot find the mesh binary for the shaper daemon")?;
+    let outcome = mesh_core::netfault::apply(
+        &plan,
+        &op,
+        args.seed,
+        mesh_core::netfault::ShaperHost::Daemon(binary),
+    )
+    .await?;
+    println!("{outcome}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -37,6 +37,7 @@ pub mod fault;
 pub mod image;
 pub mod keys;
 pub mod mesh;
+pub mod netfault;
 pub mod plan;
 pub mod procinfo;
 pub mod provision;
@@ -140,6 +141,12 @@ pub enum Error {
     Fault {
         /// Node.
         node: String,
+        /// What went wrong.
+        what: String,
+    },
+    /// A network condition could not be applied.
+    #[error("{what}")]
+    NetFault {
         /// What went wrong.
         what: String,
     },

@@ -104,6 +104,7 @@ pub struct Mesh {
     lock: Option<OwnerLock>,
     nodes: Vec<NodeRuntime>,
     options: UpOptions,
+    shapers: HashMap<String, mesh_net::shaper::RunningShaper>,
 }
 
 /// Why `record` could not write the journal: the effect is then not made.
@@ -180,6 +181,7 @@ impl Mesh {
             lock: Some(lock),
             nodes: Vec::new(),
             options,
+            shapers: HashMap::new(),
         };
         match mesh.provision(&images).instrument(span).await {
             Ok(()) => Ok(mesh),
@@ -427,6 +429,22 @@ impl Mesh {
         Ok(outcome)
     }
 
+    /// Changes the mesh network (delay, loss, partition, ...), with shapers on threads of this
+    /// process. `seed` fixes every random decision (recorded in the event log).
+    pub async fn net(
+        &mut self,
+        op: &crate::netfault::NetOp,
+        seed: Option<u64>,
+    ) -> Result<String, Error> {
+        crate::netfault::apply(
+            &self.plan,
+            op,
+            seed,
+            crate::netfault::ShaperHost::Threads(&mut self.shapers),
+        )
+        .await
+    }
+
     /// Waits until `node` is ready again (after a restart) and returns its readiness.
     pub async fn wait_node_ready(
         &mut self,
@@ -462,6 +480,9 @@ impl Mesh {
     /// Stops every node and removes everything the mesh made.
     pub async fn teardown(mut self) -> Result<TeardownReport, Error> {
         let started = Instant::now();
+        for (_, shaper) in self.shapers.drain() {
+            let _ = shaper.stop();
+        }
         for rt in &mut self.nodes {
             if let Some(qmp) = rt.qmp.take() {
                 // A clean `quit` closes the tap at once; the journal-driven kill follows anyway.

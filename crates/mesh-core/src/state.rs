@@ -71,6 +71,15 @@ pub enum Record {
         /// Its start time (clock ticks since boot), so the PID is never mistaken for another.
         start_time: u64,
     },
+    /// A shaper daemon was started for `node`.
+    Shaper {
+        /// Node name.
+        node: String,
+        /// Its PID.
+        pid: u32,
+        /// Its start time.
+        start_time: u64,
+    },
     /// The owner finished with `--keep`: the mesh is meant to stay up.
     Kept,
 }

@@ -59,6 +59,11 @@ pub async fn teardown_recorded(paths: &MeshPaths) -> Result<TeardownReport, Tear
                     Err(e) => report.problems.push(format!("kill {node} (pid {pid}): {e}")),
                 }
             }
+            Record::Shaper { node, pid, start_time } => {
+                if let Err(e) = mesh_qemu::kill_recorded(*pid, *start_time) {
+                    report.problems.push(format!("shaper of {node} (pid {pid}): {e}"));
+                }
+            }
             Record::QemuStarting { node } if !started.contains(node) => {
                 // Crashed between spawn and journal: QEMU wrote its own pidfile.
                 if let Some(killed) = kill_from_pidfile(paths, node) {
