@@ -567,27 +567,82 @@ fn ssh(name: &str, node: &str, command: &[String]) -> Result<ExitCode> {
 }
 
 async fn console(name: &str, node: &str) -> Result<ExitCode> {
+    use std::io::Write;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     let plan = load_plan(name)?;
     let n = plan.node(node).with_context(|| format!("mesh {name} has no node {node}"))?;
-    let log = n.serial_log();
-    eprintln!("following {} (Ctrl-C to stop)", log.display());
-    // FIXME: read-only; an interactive console needs the serial chardev on a socket.
-    let mut pos = 0u64;
-    loop {
-        if let Ok(bytes) = std::fs::read(&log) {
-            if (bytes.len() as u64) > pos {
-                use std::io::Write;
-                let _ = std::io::stdout().write_all(&bytes[pos as usize..]);
-                let _ = std::io::stdout().flush();
-                pos = bytes.len() as u64;
+    let socket = n.console_socket();
+    let stream = tokio::net::UnixStream::connect(&socket).await.with_context(|| {
+        format!("cannot attach to the console of {node} ({}); is it running?", socket.display())
+    })?;
+    // What the guest printed before we attached, then the live console.
+    let tail = mesh_core::ready::serial_tail(&n.serial_log(), 10);
+    let tty = std::io::stdin().is_terminal();
+    eprintln!("--- console of {node}{} ---", if tty { " (Ctrl-] to leave)" } else { "" });
+    println!("{tail}");
+    let _raw = if tty { Some(RawTerminal::enter()?) } else { None };
+    let (mut from_guest, mut to_guest) = stream.into_split();
+    let output = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        let mut out = std::io::stdout();
+        while let Ok(n) = from_guest.read(&mut buf).await {
+            if n == 0 || out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                break;
             }
-        } else if !plan.paths.state.exists() {
-            bail!("mesh {name} is gone");
         }
+    });
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 1024];
+    loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::signal::ctrl_c(), if !tty => break,
+            read = stdin.read(&mut buf) => {
+                let Ok(n) = read else { break };
+                if n == 0 {
+                    // Input closed: keep showing the console until the guest side closes.
+                    let _ = output.await;
+                    break;
+                }
+                // Ctrl-] leaves, as in telnet.
+                if let Some(pos) = buf[..n].iter().position(|&b| b == 0x1d) {
+                    let _ = to_guest.write_all(&buf[..pos]).await;
+                    break;
+                }
+                if to_guest.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Puts the terminal in raw mode for as long as it lives, so keys go to the guest as typed.
+struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    fn enter() -> Result<RawTerminal> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).context("cannot read the terminal settings")?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).context("cannot set the terminal to raw mode")?;
+        Ok(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.saved,
+        );
+        eprintln!("\r\n--- console closed ---");
     }
 }
 

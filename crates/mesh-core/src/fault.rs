@@ -179,6 +179,7 @@ pub async fn restart(plan: &MeshPlan, node: &NodePlan) -> Result<u32, Error> {
     // Sockets of the dead process would make the new QEMU fail to listen.
     let _ = std::fs::remove_file(&node.qmp_socket);
     let _ = std::fs::remove_file(&node.ready_socket);
+    let _ = std::fs::remove_file(node.console_socket());
     let netns = mesh_net::Netns::open(&plan.netns)
         .map_err(|e| Error::Fault { node: node.name.clone(), what: format!("namespace: {e}") })?;
     let process = QemuProcess::spawn(&cmd, Some(&netns.path()), &node.qemu_log())

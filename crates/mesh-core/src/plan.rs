@@ -173,6 +173,11 @@ impl NodePlan {
         self.dir.join("serial.log")
     }
 
+    /// Interactive serial console socket (QEMU listens).
+    pub fn console_socket(&self) -> PathBuf {
+        self.qmp_socket.with_extension("console")
+    }
+
     /// QEMU's own stdout/stderr.
     pub fn qemu_log(&self) -> PathBuf {
         self.dir.join("qemu.log")

@@ -286,6 +286,30 @@ impl VmSpec {
     /// assert!(command.args.windows(2).any(|w| w == ["-cpu", "max,pauth-impdef=on"]));
     /// ```
     pub fn command(&self) -> Result<QemuCommand, SpecError> {
+        self.build_command(None)
+    }
+
+    /// Like [`VmSpec::command`], but the serial console is also an interactive UNIX socket at
+    /// `console` (QEMU listens; one client at a time), while everything the guest prints is
+    /// still written to [`VmSpec::serial_log`].
+    ///
+    /// # Examples
+    /// ```
+    /// # use mesh_qemu::{Accel, Arch, Boot, VmSpec};
+    /// let spec = VmSpec {
+    ///     name: "n1".into(), arch: Arch::X86_64, accel: Accel::Tcg, cpu_model: None, cpus: 1,
+    ///     memory_mib: 256, boot: Boot::Bios, drives: vec![], nics: vec![],
+    ///     serial_log: "/m/n1.log".into(), qmp_socket: "/r/n1.qmp".into(), virtio_serial: vec![],
+    /// };
+    /// let cmd = spec.command_with_console("/r/n1.console".as_ref()).unwrap();
+    /// assert!(cmd.args.iter().any(|a| a.starts_with("socket,id=serial0,path=/r/n1.console")
+    ///     && a.ends_with("logfile=/m/n1.log")));
+    /// ```
+    pub fn command_with_console(&self, console: &Path) -> Result<QemuCommand, SpecError> {
+        self.build_command(Some(console))
+    }
+
+    fn build_command(&self, console: Option<&Path>) -> Result<QemuCommand, SpecError> {
         self.validate()?;
         let mut args = Args::default();
 
@@ -306,10 +330,21 @@ impl VmSpec {
         args.push(["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
         args.push(["-device", "virtio-rng-pci,rng=rng0"]);
 
-        // FIXME: the console is only logged; `mesh console` needs an interactive socket too
-        // (a socket chardev with `logfile=`), which needs a new VmSpec field.
         let log = utf8(&self.serial_log)?;
-        args.push(["-chardev".to_owned(), format!("file,id=serial0,path={}", escape(log))]);
+        match console {
+            // The log keeps everything the guest prints, whether or not a client is attached.
+            Some(console) => args.push([
+                "-chardev".to_owned(),
+                format!(
+                    "socket,id=serial0,path={},server=on,wait=off,logfile={}",
+                    escape(socket_path(console)?),
+                    escape(log)
+                ),
+            ]),
+            None => {
+                args.push(["-chardev".to_owned(), format!("file,id=serial0,path={}", escape(log))])
+            }
+        }
         args.push(["-serial", "chardev:serial0"]);
 
         let qmp = socket_path(&self.qmp_socket)?;
