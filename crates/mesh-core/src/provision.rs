@@ -190,8 +190,9 @@ pub fn vm_command(
             socket: node.ready_socket.clone(),
         }],
     };
-    let mut cmd =
-        spec.command().map_err(|source| Error::VmSpec { node: node.name.clone(), source })?;
+    let mut cmd = spec
+        .command_with_console(&node.console_socket())
+        .map_err(|source| Error::VmSpec { node: node.name.clone(), source })?;
     // QEMU writes its own PID, so a crash between spawn and journal still leaves a trace.
     cmd.args.push("-pidfile".into());
     cmd.args.push(node.dir.join("qemu.pid").display().to_string());
