@@ -58,7 +58,11 @@ async fn throughput(mesh: &Mesh, from: &str, to: &str) -> f64 {
         "python3 -c 'import socket,time;s=socket.create_connection((\"{}\",5001));b=bytes(65536);t=time.time();n=0\nwhile time.time()-t<3: s.sendall(b); n+=len(b)\ns.close();print(n*8/(time.time()-t)/1e6)'",
         ip(mesh, to)
     );
-    run(mesh, from, &client.replace('{', "{{").replace('}', "}}").replace("{{}}", "{}")).await.trim().parse().expect("mbit/s")
+    run(mesh, from, &client.replace('{', "{{").replace('}', "}}").replace("{{}}", "{}"))
+        .await
+        .trim()
+        .parse()
+        .expect("mbit/s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,19 +78,31 @@ async fn faults_on_real_guests() {
     .expect("spec");
     let mut mesh = Mesh::up(&spec, UpOptions::default()).await.expect("mesh up");
     for r in mesh.wait_ready().await.to_vec() {
-        assert!(r.is_ready(), "{} not ready: {:?}\n{}", r.node, r.error, r.serial_tail.unwrap_or_default());
+        assert!(
+            r.is_ready(),
+            "{} not ready: {:?}\n{}",
+            r.node,
+            r.error,
+            r.serial_tail.unwrap_or_default()
+        );
     }
     let (a, b, c) = ("x86-1", "x86-2", "x86-3");
     let baseline_mbit = throughput(&mesh, a, b).await;
 
     // Delay: the round trip through a rises by the delay asked for (within 10%).
     let before = rtt(&mesh, a, b).await;
-    mesh.net(&NetOp::Delay { node: a.into(), delay: Duration::from_millis(100), jitter: Duration::ZERO }, None)
-        .await
-        .expect("delay");
+    mesh.net(
+        &NetOp::Delay { node: a.into(), delay: Duration::from_millis(100), jitter: Duration::ZERO },
+        None,
+    )
+    .await
+    .expect("delay");
     let after = rtt(&mesh, a, b).await;
     let added = after - before;
-    assert!((90.0..=110.0).contains(&added), "delay added {added:.1} ms ({before:.1} -> {after:.1})");
+    assert!(
+        (90.0..=110.0).contains(&added),
+        "delay added {added:.1} ms ({before:.1} -> {after:.1})"
+    );
     mesh.net(&NetOp::Clear { node: None }, None).await.expect("clear");
 
     // Loss: 20% shows in 200 pings, and the same seed loses the same sequence numbers.
@@ -103,10 +119,18 @@ async fn faults_on_real_guests() {
     mesh.net(&NetOp::Clear { node: None }, None).await.expect("clear");
 
     // Partition {a,b} / {c}: exactly the cross-group pairs are blocked, both ways.
-    mesh.net(&NetOp::Partition { groups: vec![vec![a.into(), b.into()], vec![c.into()]], one_way: false }, None)
-        .await
-        .expect("partition");
-    for (x, y, want) in [(a, b, true), (b, a, true), (a, c, false), (c, a, false), (b, c, false), (c, b, false)] {
+    mesh.net(
+        &NetOp::Partition {
+            groups: vec![vec![a.into(), b.into()], vec![c.into()]],
+            one_way: false,
+        },
+        None,
+    )
+    .await
+    .expect("partition");
+    for (x, y, want) in
+        [(a, b, true), (b, a, true), (a, c, false), (c, a, false), (b, c, false), (c, b, false)]
+    {
         assert_eq!(reaches(&mesh, x, y).await, want, "{x} -> {y} during the partition");
     }
     mesh.net(&NetOp::Heal, None).await.expect("heal");
@@ -138,9 +162,16 @@ async fn faults_on_real_guests() {
     assert!(!reaches(&mesh, a, c).await, "killed node answered");
     mesh.fault(c, NodeFault::Restart).await.expect("restart");
     let r = mesh.wait_node_ready(c, Duration::from_secs(600)).await.expect("wait");
-    assert!(r.is_ready(), "{c} not ready after restart: {:?}\n{}", r.error, r.serial_tail.unwrap_or_default());
+    assert!(
+        r.is_ready(),
+        "{c} not ready after restart: {:?}\n{}",
+        r.error,
+        r.serial_tail.unwrap_or_default()
+    );
     assert_eq!(run(&mesh, c, "cat /etc/ssh/ssh_host_ed25519_key.pub").await, key_before);
-    assert!(run(&mesh, c, "ip -4 -o addr show mesh0").await.contains(&format!("{}/", ip(&mesh, c))));
+    assert!(run(&mesh, c, "ip -4 -o addr show mesh0")
+        .await
+        .contains(&format!("{}/", ip(&mesh, c))));
     assert!(reaches(&mesh, a, c).await);
 
     // With every fault cleared, nothing is left in the path and throughput is back.
