@@ -152,7 +152,7 @@ struct NetArgs {
     /// Mesh name.
     name: String,
     /// delay NODE 100ms | loss NODE 5% | duplicate NODE 1% | reorder NODE 10% |
-    /// rate NODE 1mbit | clear [NODE] | partition A,B / C,D | heal
+    /// rate NODE 1mbit | clear | clear NODE | partition A,B / C,D | heal
     #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
     words: Vec<String>,
     /// Jitter for `delay` (uniform, e.g. 10ms).

@@ -518,11 +518,11 @@ mod tests {
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-        assert!(parse_duration("-5ms").unwrap_err().contains("negative"));
+        assert!(parse_duration("-5ms").expect_err("must be refused").contains("negative"));
         assert!(parse_duration("5 parsecs").is_err());
         assert_eq!(parse_percent("5%"), Ok(50_000));
         assert_eq!(parse_percent("0.5%"), Ok(5_000));
-        assert!(parse_percent("101%").unwrap_err().contains("outside"));
+        assert!(parse_percent("101%").expect_err("must be refused").contains("outside"));
         assert!(parse_percent("5").is_err());
         assert_eq!(parse_rate("1mbit"), Ok(1_000_000));
         assert_eq!(parse_rate("512kbit"), Ok(512_000));
@@ -549,14 +549,23 @@ mod tests {
         let p = plan();
         let s = NetState::default();
         let unknown = NetOp::Loss { node: "nope".into(), ppm: 1 };
-        assert!(plan_op(&p, &s, &unknown).unwrap_err().to_string().contains("no node nope"));
+        assert!(plan_op(&p, &s, &unknown)
+            .expect_err("must be refused")
+            .to_string()
+            .contains("no node nope"));
         let twice = NetOp::Partition {
             groups: vec![vec!["x86-1".into()], vec!["x86-1".into(), "x86-2".into()]],
             one_way: false,
         };
-        assert!(plan_op(&p, &s, &twice).unwrap_err().to_string().contains("two partition groups"));
+        assert!(plan_op(&p, &s, &twice)
+            .expect_err("must be refused")
+            .to_string()
+            .contains("two partition groups"));
         let reorder = NetOp::Reorder { node: "x86-1".into(), ppm: 10 };
-        assert!(plan_op(&p, &s, &reorder).unwrap_err().to_string().contains("needs a delay"));
+        assert!(plan_op(&p, &s, &reorder)
+            .expect_err("must be refused")
+            .to_string()
+            .contains("needs a delay"));
     }
 
     #[test]
