@@ -94,7 +94,8 @@ async fn mixed_mesh_injects_repo_builds_per_arch_and_tears_down() {
     // cloud-init from inside: done, NoCloud, our address on the NIC with our MAC.
     let facts = mesh
         .exec(
-            "cloud-init status --long; echo ---; ip -o -4 addr show; echo ---; cat /sys/class/net/mesh0/address",
+            "cloud-init status --long; echo ---; ip -o -4 addr show; echo ---; \
+             echo iid=$(cat /var/lib/cloud/data/instance-id); cat /sys/class/net/mesh0/address",
             &[],
             Duration::from_secs(120),
         )
@@ -112,6 +113,16 @@ async fn mixed_mesh_injects_repo_builds_per_arch_and_tears_down() {
             r.stdout
         );
         assert!(r.stdout.trim_end().ends_with(&node.mac), "{}: {}", r.node, r.stdout);
+        // The instance-id the guest runs with is the one in the seed we wrote (read back from
+        // the seed image by isoinfo, an independent reader).
+        let meta =
+            sh(Command::new("isoinfo").args(["-R", "-x", "/meta-data", "-i"]).arg(node.seed()));
+        let iid = meta
+            .lines()
+            .find_map(|l| l.strip_prefix("instance-id:"))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .expect("instance-id in meta-data");
+        assert!(r.stdout.contains(&format!("iid={iid}\n")), "{}: want {iid}: {}", r.node, r.stdout);
     }
 
     // The repository tree arrived intact: modes, symlinks (dangling too), contents.
