@@ -114,6 +114,8 @@ pub struct Shaper {
     bridge: PacketSocket,
     egress: DirectionShaper,
     ingress: DirectionShaper,
+    /// Receive buffer, reused for every frame.
+    buffer: Vec<u8>,
 }
 
 impl Shaper {
@@ -158,6 +160,7 @@ impl Shaper {
             config: config.clone(),
             node,
             bridge,
+            buffer: vec![0; MAX_FRAME],
         })
     }
 
@@ -183,7 +186,10 @@ impl Shaper {
             }
             let now = start.elapsed();
             if self.config.stats_file.is_some() && now >= next_stats {
-                self.write_stats(start.elapsed(), true)?;
+                // A full disk must not stop the forwarding; the final write reports it.
+                if let Err(error) = self.write_stats(start.elapsed(), true) {
+                    warn!(%error, "cannot update the shaper stats file");
+                }
                 next_stats = now + STATS_INTERVAL;
             }
         };
@@ -218,10 +224,10 @@ impl Shaper {
 
         // Frames are stamped with the time they were read, not the time the wait began.
         if node_ready {
-            read_batch(&self.node, &mut self.egress, start.elapsed())?;
+            read_batch(&self.node, &mut self.egress, &mut self.buffer, start.elapsed())?;
         }
         if bridge_ready {
-            read_batch(&self.bridge, &mut self.ingress, start.elapsed())?;
+            read_batch(&self.bridge, &mut self.ingress, &mut self.buffer, start.elapsed())?;
         }
         Ok(())
     }
@@ -283,12 +289,12 @@ fn flush(direction: &mut DirectionShaper, out: &PacketSocket, now_us: u64) {
 fn read_batch(
     port: &PacketSocket,
     direction: &mut DirectionShaper,
+    buffer: &mut [u8],
     now: Duration,
 ) -> Result<(), ShaperError> {
     let now_us = now.as_micros() as u64;
-    let mut buffer = vec![0u8; MAX_FRAME];
     for _ in 0..READ_BATCH {
-        match port.recv(&mut buffer) {
+        match port.recv(buffer) {
             Ok(None) => break,
             Ok(Some(len)) if len > buffer.len() => direction.stats.dropped_oversize += 1,
             Ok(Some(len)) => direction.admit(buffer[..len].to_vec(), now_us),
