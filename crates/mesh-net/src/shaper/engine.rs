@@ -303,6 +303,7 @@ impl DirectionShaper {
         let frame = buffer.get(VNET_HDR_LEN..).unwrap_or_default();
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
+        self.stats.largest_frame = self.stats.largest_frame.max(frame.len() as u64);
         match self.decide(frame, now_us) {
             Decision::Partitioned => self.stats.dropped_partition += 1,
             Decision::Lost => self.stats.dropped_loss += 1,

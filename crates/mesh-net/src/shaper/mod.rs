@@ -117,6 +117,11 @@ pub struct Impairment {
     pub rate_bps: Option<u64>,
     /// Partition filter: IP frames to (node-to-mesh direction: destination MAC) or from
     /// (mesh-to-node direction: source MAC) these peers are dropped.
+    ///
+    /// The destination filter cannot see who receives a broadcast or multicast frame; the
+    /// source filter catches everything a peer sends. So "B hears nothing from A" is best
+    /// enforced on B's mesh-to-node side with A's MAC, and a two-way partition by doing
+    /// that on both nodes.
     #[serde(default)]
     pub drop_macs: Vec<[u8; 6]>,
 }

@@ -33,6 +33,8 @@ pub struct DirectionStats {
     pub frames_in: u64,
     /// Their bytes (Ethernet header and payload; a GSO super-frame counts whole).
     pub bytes_in: u64,
+    /// The largest frame read, in bytes: above the MTU when GSO super-frames passed.
+    pub largest_frame: u64,
     /// Frames sent out of the other port (duplicates included).
     pub frames_out: u64,
     /// Their bytes.
@@ -59,12 +61,13 @@ impl DirectionStats {
     /// JSON with the same field names serde uses (mesh-net has no JSON dependency).
     fn to_json(&self) -> String {
         format!(
-            "{{\"frames_in\":{},\"bytes_in\":{},\"frames_out\":{},\"bytes_out\":{},\
+            "{{\"frames_in\":{},\"bytes_in\":{},\"largest_frame\":{},\"frames_out\":{},\"bytes_out\":{},\
              \"exempt\":{},\"dropped_partition\":{},\"dropped_loss\":{},\
              \"dropped_queue_full\":{},\"dropped_send\":{},\"dropped_oversize\":{},\
              \"duplicated\":{},\"reordered\":{}}}",
             self.frames_in,
             self.bytes_in,
+            self.largest_frame,
             self.frames_out,
             self.bytes_out,
             self.exempt,
