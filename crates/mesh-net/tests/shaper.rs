@@ -46,6 +46,17 @@ impl Lab {
             .expect("mesh network is built");
         let hosts: Vec<Netns> =
             host_names.iter().map(|name| Netns::create(name).expect("host namespace")).collect();
+        // No IPv6 on the hosts: their multicast listener reports would be IP frames the
+        // shaper counts and may drop, which the exact counts below do not expect.
+        for host in &hosts {
+            host.run(|| {
+                for conf in ["all", "default"] {
+                    let path = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+                    std::fs::write(&path, "1").unwrap_or_else(|e| panic!("{path}: {e}"));
+                }
+            })
+            .expect("enter host");
+        }
         rt.block_on(async {
             let bridge_index = net.handle().link_index(&spec.bridge).await.expect("bridge index");
             for (i, host) in hosts.iter().enumerate() {
