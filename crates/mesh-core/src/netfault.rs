@@ -269,20 +269,29 @@ fn mac_bytes(mac: &str) -> [u8; 6] {
 /// The full shaper configuration of `node` in `state` (link conditions plus partition drops).
 fn config_for(plan: &MeshPlan, state: &NetState, node: &str, stats: PathBuf) -> ShaperConfig {
     let mut egress = state.links.get(node).cloned().unwrap_or_default();
+    let mut ingress = Impairment::default();
     if let Some((groups, one_way)) = &state.partition {
         let mine = groups.iter().position(|g| g.iter().any(|n| n == node));
         if let Some(mine) = mine {
-            // One-way: only the first group's frames to the others are dropped.
-            if !*one_way || mine == 0 {
-                for (gi, g) in groups.iter().enumerate() {
-                    if gi != mine {
-                        for other in g {
-                            if let Some(p) = plan.node(other) {
-                                egress.drop_macs.push(mac_bytes(&p.mac));
-                            }
-                        }
-                    }
-                }
+            let others = |pick: &dyn Fn(usize) -> bool| -> Vec<[u8; 6]> {
+                groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(gi, _)| *gi != mine && pick(*gi))
+                    .flat_map(|(_, g)| g.iter().filter_map(|n| plan.node(n)))
+                    .map(|p| mac_bytes(&p.mac))
+                    .collect()
+            };
+            // Unicast is dropped on the way out (by destination MAC); broadcast and
+            // multicast from the far side are dropped on the way in (by source MAC). One-way:
+            // only frames from the first group to the others.
+            if !*one_way {
+                egress.drop_macs.extend(others(&|_| true));
+                ingress.drop_macs.extend(others(&|_| true));
+            } else if mine == 0 {
+                egress.drop_macs.extend(others(&|_| true));
+            } else {
+                ingress.drop_macs.extend(others(&|gi| gi == 0));
             }
         }
     }
@@ -294,7 +303,7 @@ fn config_for(plan: &MeshPlan, state: &NetState, node: &str, stats: PathBuf) -> 
         bridge_port: shaper_end,
         seed: state.seed,
         egress,
-        ingress: Impairment::default(),
+        ingress,
         queue_limit: 1000,
         stats_file: if stats.as_os_str().is_empty() { None } else { Some(stats) },
     }
@@ -586,5 +595,11 @@ mod tests {
         let s = plan_op(&p, &NetState::default(), &one_way).expect("valid");
         assert_eq!(config_for(&p, &s, "x86-1", PathBuf::new()).egress.drop_macs.len(), 3);
         assert!(config_for(&p, &s, "x86-2", PathBuf::new()).egress.drop_macs.is_empty());
+        // The far side drops the first group's broadcasts; the first group hears everyone.
+        assert_eq!(
+            config_for(&p, &s, "x86-2", PathBuf::new()).ingress.drop_macs,
+            vec![mac("x86-1")]
+        );
+        assert!(config_for(&p, &s, "x86-1", PathBuf::new()).ingress.drop_macs.is_empty());
     }
 }

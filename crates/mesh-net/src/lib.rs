@@ -15,12 +15,13 @@
 //!   bridge port isolation, and rate limiting with `tbf` (encoded here; netlink-packet-route
 //!   lacks it);
 //! - deterministic names and addresses: [`tap_name`], [`node_mac`], [`plan_addresses`];
-//! - an optional uplink with NAT to another namespace ([`MeshNetwork::add_uplink`]).
+//! - an optional uplink with NAT to another namespace ([`MeshNetwork::add_uplink`]);
+//! - a userspace link shaper ([`shaper`]) for delay, jitter, loss, duplication, reordering,
+//!   rate and MAC partitions, since `sch_netem` is not available on every host.
 //!
 //! What it leaves out: starting QEMU (mesh-qemu), the guests' own network configuration
-//! (mesh-cloudinit), the state directory the journal is written to and the choice of names
-//! (mesh-core), partitions and packet loss (netem is not available on every host; fault
-//! injection composes the controls here). It never changes links, addresses, routes,
+//! (mesh-cloudinit), the state directory the journal is written to, the choice of names and
+//! which impairment goes where (mesh-core). It never changes links, addresses, routes,
 //! firewall rules or sysctls of the host's root namespace; the only host-side change is
 //! the `/run/netns` mount that `ip netns add` makes too. Everything here needs root
 //! (CAP_SYS_ADMIN and CAP_NET_ADMIN); the pure helpers do not.
