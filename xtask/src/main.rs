@@ -111,7 +111,10 @@ fn images(arches: &[&str]) -> Result<()> {
     let mesh = mesh_binary()?;
     for arch in arches {
         eprintln!("xtask: base image for {arch}");
-        check(Command::new(&mesh).args(["image", "build", "--arch", arch]))?;
+        // The image path goes to stderr: stdout belongs to `mesh up` (e.g. its --json report).
+        check(
+            Command::new(&mesh).args(["image", "build", "--arch", arch]).stdout(std::io::stderr()),
+        )?;
     }
     Ok(())
 }

@@ -274,6 +274,11 @@ enum AccelArg {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` must end quietly, as for any Unix tool, not panic.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -410,7 +415,7 @@ async fn up(args: UpArgs) -> Result<ExitCode> {
                     eprintln!("warning: {p}");
                 }
             }
-            return Ok(ExitCode::from(130));
+            return Ok(ExitCode::from(if sig == "terminated" { 143 } else { 130 }));
         }
     };
     let (report, kept) = outcome?;
@@ -476,14 +481,18 @@ async fn shutdown_signal() -> &'static str {
 }
 
 fn load_plan(name: &str) -> Result<MeshPlan> {
+    mesh_core::spec::validate_name(name)?;
     let paths = mesh_core::MeshPaths::for_mesh(name);
-    MeshPlan::load(&paths.plan())
-        .with_context(|| format!("no mesh named {name} (see `mesh status`)"))
+    match MeshPlan::load(&paths.plan()) {
+        Ok(plan) => Ok(plan),
+        Err(_) => bail!("no mesh named {name} (see `mesh status`)"),
+    }
 }
 
 fn status(name: Option<String>, json: bool) -> Result<ExitCode> {
     let mut meshes = mesh_core::teardown::list();
     if let Some(n) = &name {
+        mesh_core::spec::validate_name(n)?;
         meshes.retain(|m| &m.name == n);
         if meshes.is_empty() {
             bail!("no mesh named {n}");
@@ -511,7 +520,12 @@ fn status(name: Option<String>, json: bool) -> Result<ExitCode> {
         println!("no meshes");
     }
     for m in &meshes {
-        println!("{} ({:?})", m.name, m.state);
+        let state = match m.state {
+            mesh_core::teardown::MeshState::Owned => "running, owned by a `mesh up`",
+            mesh_core::teardown::MeshState::Kept => "kept",
+            mesh_core::teardown::MeshState::Stale => "stale: left by a crash, `mesh gc` removes it",
+        };
+        println!("{} ({state})", m.name);
         if let Some(plan) = &m.plan {
             for n in &plan.nodes {
                 let alive = if m.alive_nodes.contains(&n.name) { "running" } else { "stopped" };
@@ -556,10 +570,30 @@ async fn exec(
     Ok(if results.iter().all(|r| r.ok()) { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
+/// One argument is a shell command line, run as written (`mesh exec demo -- 'a | b'`); several
+/// are an argument vector, each quoted so it arrives as given (`mesh exec demo -- sh -c 'x; y'`).
+fn remote_command(args: &[String]) -> String {
+    if args.len() == 1 {
+        return args[0].clone();
+    }
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+{}".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn ssh(name: &str, node: &str, command: &[String]) -> Result<ExitCode> {
     let plan = load_plan(name)?;
     let n = plan.node(node).with_context(|| format!("mesh {name} has no node {node}"))?;
-    let remote = if command.is_empty() { None } else { Some(command.join(" ")) };
+    let remote = if command.is_empty() { None } else { Some(remote_command(command)) };
     let tty = remote.is_none() && std::io::stdin().is_terminal();
     let mut cmd = mesh_core::ssh::ssh_command(&plan, n, remote.as_deref(), tty)?;
     let status = cmd.status().context("cannot run ssh")?;
@@ -681,7 +715,8 @@ async fn node_fault(
     let fault: NodeFault = match (action, state) {
         ("link", Some("down")) => NodeFault::LinkDown,
         ("link", Some("up")) => NodeFault::LinkUp,
-        ("link", other) => bail!("`link` takes down or up, not {:?}", other.unwrap_or("")),
+        ("link", Some(other)) => bail!("`link` takes down or up, not {other:?}"),
+        ("link", None) => bail!("`link` takes down or up: `mesh node {name} {node} link down`"),
         (a, None) => a.parse().map_err(anyhow::Error::msg)?,
         (a, Some(extra)) => bail!("unexpected argument {extra:?} after {a}"),
     };
@@ -712,8 +747,35 @@ async fn node_fault(
 }
 
 /// Turns the words after `mesh net NAME` into an operation.
-fn parse_net_op(args: &NetArgs) -> Result<mesh_core::netfault::NetOp> {
+fn parse_net_op(args: &mut NetArgs) -> Result<mesh_core::netfault::NetOp> {
     use mesh_core::netfault::{parse_duration, parse_percent, parse_rate, NetOp};
+    // Options may also follow the words (`delay x86-1 100ms --jitter 10ms`); the words take
+    // hyphenated values (a negative delay must reach our own check), so pick them out here.
+    let mut words = Vec::new();
+    let mut it = std::mem::take(&mut args.words).into_iter();
+    while let Some(word) = it.next() {
+        let (flag, inline) = match word.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (word.clone(), None),
+        };
+        match flag.as_str() {
+            "--jitter" => {
+                args.jitter = Some(inline.or_else(|| it.next()).context("--jitter needs a value")?)
+            }
+            "--seed" => {
+                let v = inline.or_else(|| it.next()).context("--seed needs a value")?;
+                args.seed =
+                    Some(v.parse().with_context(|| format!("--seed {v:?} is not a number"))?);
+            }
+            "--one-way" => args.one_way = true,
+            _ if word.starts_with("--") => bail!("unknown option {word:?} for `mesh net`"),
+            _ => words.push(word),
+        }
+    }
+    args.words = words;
+    if args.words.is_empty() {
+        bail!("say what to do: delay, loss, duplicate, reorder, rate, clear, partition or heal");
+    }
     let w: Vec<&str> = args.words.iter().map(String::as_str).collect();
     let node = || -> Result<String> {
         w.get(1)
@@ -750,18 +812,21 @@ fn parse_net_op(args: &NetArgs) -> Result<mesh_core::netfault::NetOp> {
             if groups.len() < 2 && !args.one_way {
                 bail!("write the groups as A,B / C,D");
             }
-            NetOp::Partition { groups: groups.into_iter().filter(|g: &Vec<String>| !g.is_empty()).collect(), one_way: args.one_way }
+            NetOp::Partition { groups, one_way: args.one_way }
         }
         other => bail!("unknown network operation {other:?} (delay, loss, duplicate, reorder, rate, clear, partition, heal)"),
     };
     if args.jitter.is_some() && !matches!(op, NetOp::Delay { .. }) {
         bail!("--jitter goes with `delay`");
     }
+    if args.one_way && !matches!(op, NetOp::Partition { .. }) {
+        bail!("--one-way goes with `partition`");
+    }
     Ok(op)
 }
 
-async fn net(args: NetArgs) -> Result<ExitCode> {
-    let op = parse_net_op(&args)?;
+async fn net(mut args: NetArgs) -> Result<ExitCode> {
+    let op = parse_net_op(&mut args)?;
     let plan = load_plan(&args.name)?;
     let summary = mesh_core::teardown::inspect(&plan.paths.state);
     if summary.state == mesh_core::teardown::MeshState::Owned {

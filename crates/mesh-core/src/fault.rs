@@ -46,7 +46,7 @@ impl std::str::FromStr for NodeFault {
             "link-up" => NodeFault::LinkUp,
             other => {
                 return Err(format!(
-                    "unknown node fault {other:?} (pause, resume, kill, restart, reset, link-down, link-up)"
+                    "unknown node fault {other:?} (pause, resume, kill, restart, reset, link down, link up)"
                 ))
             }
         })

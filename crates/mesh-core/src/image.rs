@@ -751,7 +751,31 @@ fn probe_disk(path: &Path) -> Result<ImageFormat, ImageError> {
     }
     let format = mesh_qemu::probe_format(path)
         .map_err(|source| ImageError::ProbeFormat { path: path.to_owned(), source })?;
+    if format == ImageFormat::Raw && !looks_bootable(path) {
+        // Regression: random bytes or an ISO were taken as a raw disk, made current, and
+        // every later `mesh up` booted garbage until its readiness timeout.
+        return Err(ImageError::NotADisk {
+            path: path.to_owned(),
+            problem:
+                "neither qcow2 nor a raw disk with a partition table or an ext2/3/4 file system"
+                    .into(),
+        });
+    }
     Ok(format)
+}
+
+/// Whether a raw file starts like a disk a VM can boot: an MBR or GPT partition table, or an
+/// ext2/3/4 file system spanning the whole disk.
+fn looks_bootable(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; 4096];
+    let Ok(mut f) = fs::File::open(path) else { return false };
+    let Ok(n) = f.read(&mut head) else { return false };
+    let head = &head[..n];
+    let mbr = head.len() >= 512 && head[510] == 0x55 && head[511] == 0xaa;
+    let gpt = head.len() >= 520 && &head[512..520] == b"EFI PART";
+    let ext = head.len() >= 1082 && head[1080] == 0x53 && head[1081] == 0xef;
+    mbr || gpt || ext
 }
 
 /// Copies `from` to `to`, returning the size and SHA-256 of what was copied.

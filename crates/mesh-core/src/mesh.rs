@@ -186,7 +186,7 @@ impl Mesh {
         match mesh.provision(&images).instrument(span).await {
             Ok(()) => Ok(mesh),
             Err(e) => {
-                warn!(error = %e, "mesh up failed, removing what was made");
+                tracing::debug!(error = %e, "mesh up failed, removing what was made");
                 mesh.rollback().await;
                 Err(e)
             }
@@ -234,7 +234,8 @@ impl Mesh {
                 &arches,
                 &plan.paths.repo_work(),
                 &plan.paths.repo_image(),
-            )?;
+            )
+            .await?;
             // The clone and build outputs are in the image now; the image is all guests need.
             let _ = std::fs::remove_dir_all(plan.paths.repo_work());
             self.repo = Some(repo);

@@ -210,7 +210,15 @@ pub fn plan_op(plan: &MeshPlan, current: &NetState, op: &NetOp) -> Result<NetSta
         }
         NetOp::Loss { node, ppm } => link(node, &|i| i.loss_ppm = *ppm)?,
         NetOp::Duplicate { node, ppm } => link(node, &|i| i.duplicate_ppm = *ppm)?,
-        NetOp::Reorder { node, ppm } => link(node, &|i| i.reorder_ppm = *ppm)?,
+        NetOp::Reorder { node, ppm } => {
+            let delayed = current.links.get(node).is_some_and(|i| i.delay_us > 0);
+            if *ppm > 0 && !delayed {
+                return Err(bad(format!(
+                    "reorder on {node} needs a delay first (`mesh net NAME delay {node} 50ms`): reordered frames are the ones that skip it"
+                )));
+            }
+            link(node, &|i| i.reorder_ppm = *ppm)?
+        }
         NetOp::Rate { node, bps } => link(node, &|i| i.rate_bps = Some(*bps))?,
         NetOp::Clear { node: Some(node) } => {
             known(node)?;
@@ -219,6 +227,9 @@ pub fn plan_op(plan: &MeshPlan, current: &NetState, op: &NetOp) -> Result<NetSta
         NetOp::Clear { node: None } => next.links.clear(),
         NetOp::Partition { groups, one_way } => {
             let mut seen: Vec<&str> = Vec::new();
+            if groups.iter().any(|g| g.is_empty()) {
+                return Err(bad("a partition group is empty (write A,B / C,D)"));
+            }
             for g in groups {
                 if g.is_empty() {
                     return Err(bad("a partition group is empty"));
@@ -246,7 +257,12 @@ pub fn plan_op(plan: &MeshPlan, current: &NetState, op: &NetOp) -> Result<NetSta
             }
             next.partition = Some((all, *one_way));
         }
-        NetOp::Heal => next.partition = None,
+        NetOp::Heal => {
+            if current.partition.is_none() {
+                return Err(bad("there is no partition to heal"));
+            }
+            next.partition = None
+        }
     }
     next.links.retain(|_, i| !i.is_none());
     // Each node's conditions must be valid on their own (e.g. reorder needs a delay).

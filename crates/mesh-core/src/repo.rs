@@ -124,8 +124,36 @@ pub fn repo_name(source: &str) -> String {
     }
 }
 
+/// A child process group that is killed when this guard is dropped: a `mesh up` interrupted
+/// by Ctrl-C or SIGTERM drops its future, and the clone or build it was waiting for (with
+/// whatever that started) must not outlive it.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill has no memory-safety preconditions; the group is our own child's.
+            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        }
+    }
+}
+
+/// Runs `cmd` in its own process group and collects its output; the whole group is killed if
+/// the returned future is dropped before it finishes.
+async fn run_group(mut cmd: tokio::process::Command) -> std::io::Result<std::process::Output> {
+    cmd.process_group(0)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn()?;
+    let mut guard = GroupGuard(child.id());
+    let out = child.wait_with_output().await;
+    guard.0 = None;
+    out
+}
+
 /// Clones `source` shallowly into `dest` (which must not exist).
-pub fn clone(source: &str, branch: Option<&str>, dest: &Path) -> Result<(), RepoError> {
+pub async fn clone(source: &str, branch: Option<&str>, dest: &Path) -> Result<(), RepoError> {
     // A local path is cloned through file:// so that --depth is honoured.
     let url = if Path::new(source).exists() {
         let abs = std::fs::canonicalize(source)
@@ -134,7 +162,7 @@ pub fn clone(source: &str, branch: Option<&str>, dest: &Path) -> Result<(), Repo
     } else {
         source.to_owned()
     };
-    let mut cmd = Command::new("git");
+    let mut cmd = tokio::process::Command::new("git");
     cmd.args(["-c", "advice.detachedHead=false", "clone", "--quiet", "--depth", "1", "--no-tags"]);
     if let Some(b) = branch {
         cmd.args(["--branch", b]);
@@ -142,7 +170,7 @@ pub fn clone(source: &str, branch: Option<&str>, dest: &Path) -> Result<(), Repo
     cmd.arg(&url).arg(dest);
     // Never prompt for credentials: a failing clone must fail, not hang.
     cmd.env("GIT_TERMINAL_PROMPT", "0").stdin(std::process::Stdio::null());
-    let out = cmd.output().map_err(RepoError::SpawnGit)?;
+    let out = run_group(cmd).await.map_err(RepoError::SpawnGit)?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(dest);
         return Err(RepoError::Clone {
@@ -164,7 +192,12 @@ pub fn target_triple(arch: Arch) -> &'static str {
 
 /// Runs the build command for `arch` in `checkout`; its output goes to `out_dir`
 /// (`$MESH_OUT`, also `{out}`).
-pub fn build(command: &str, arch: Arch, checkout: &Path, out_dir: &Path) -> Result<(), RepoError> {
+pub async fn build(
+    command: &str,
+    arch: Arch,
+    checkout: &Path,
+    out_dir: &Path,
+) -> Result<(), RepoError> {
     std::fs::create_dir_all(out_dir)
         .map_err(|source| RepoError::Io { path: out_dir.to_owned(), source })?;
     let cmdline = command
@@ -172,19 +205,21 @@ pub fn build(command: &str, arch: Arch, checkout: &Path, out_dir: &Path) -> Resu
         .replace("{arch}", &arch.to_string())
         .replace("{out}", &out_dir.display().to_string());
     tracing::info!(%arch, "building repository");
-    let out = Command::new("sh")
-        .arg("-c")
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
         .arg(&cmdline)
         .current_dir(checkout)
         .env("MESH_ARCH", arch.to_string())
         .env("MESH_TARGET", target_triple(arch))
         .env("MESH_OUT", out_dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|source| RepoError::SpawnBuild { arch, source })?;
+        .stdin(std::process::Stdio::null());
+    let out = run_group(cmd).await.map_err(|source| RepoError::SpawnBuild { arch, source })?;
     if !out.status.success() {
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
+        if text.trim().is_empty() {
+            text = "(no output)".into();
+        }
         return Err(RepoError::Build {
             arch,
             code: out.status.code().unwrap_or(-1),
@@ -195,7 +230,7 @@ pub fn build(command: &str, arch: Arch, checkout: &Path, out_dir: &Path) -> Resu
 }
 
 /// Clones, builds per arch and writes the shared image at `image`.
-pub fn prepare(
+pub async fn prepare(
     source: &str,
     branch: Option<&str>,
     build_cmd: Option<&str>,
@@ -211,7 +246,7 @@ pub fn prepare(
         std::fs::remove_dir_all(&checkout)
             .map_err(|source| RepoError::Io { path: checkout.clone(), source })?;
     }
-    clone(source, branch, &checkout)?;
+    clone(source, branch, &checkout).await?;
 
     let mut built = Vec::new();
     let mut tree = mesh_iso::IsoTree::new();
@@ -220,14 +255,18 @@ pub fn prepare(
     if let Some(cmd) = build_cmd {
         for &arch in arches {
             let out_dir = work.join("out").join(arch.to_string());
-            build(cmd, arch, &checkout, &out_dir)?;
+            build(cmd, arch, &checkout, &out_dir).await?;
             tree.add_dir_from_disk(&format!("{BUILD_DIR}/{arch}"), &out_dir)
                 .map_err(|source| RepoError::Tree { path: out_dir.clone(), source })?;
             built.push(arch);
         }
     }
     let opts = mesh_iso::IsoOptions::new(REPO_LABEL);
-    mesh_iso::write_iso_file(&tree, &opts, image)
+    let target = image.to_owned();
+    // Writing a large tree takes seconds: keep it off the async workers (signals stay live).
+    tokio::task::spawn_blocking(move || mesh_iso::write_iso_file(&tree, &opts, &target))
+        .await
+        .map_err(|e| RepoError::Io { path: image.to_owned(), source: std::io::Error::other(e) })?
         .map_err(|source| RepoError::Write { path: image.to_owned(), source })?;
     Ok(InjectedRepo { name, source: source.to_owned(), image: image.to_owned(), built })
 }

@@ -29,6 +29,9 @@ pub enum TeardownError {
     /// The state could not be read.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// The name cannot be a mesh's.
+    #[error(transparent)]
+    Name(#[from] crate::spec::SpecError),
 }
 
 /// What a teardown removed.
@@ -129,7 +132,7 @@ fn kill_from_pidfile(paths: &MeshPaths, node: &str) -> Option<String> {
 pub enum MeshState {
     /// A `mesh up` process owns it.
     Owned,
-    /// Left running on purpose (`--keep`), some QEMU still alive.
+    /// Left running on purpose (`--keep`); only `mesh down` removes it.
     Kept,
     /// Nobody owns it and it was not kept (or all its guests died): a crash left it.
     Stale,
@@ -169,7 +172,9 @@ pub fn inspect(dir: &Path) -> MeshSummary {
     let kept = records.iter().any(|r| matches!(r, Record::Kept));
     let state = if OwnerLock::is_held(&paths.lock()) {
         MeshState::Owned
-    } else if kept && !alive_nodes.is_empty() {
+    } else if kept {
+        // Kept on purpose: only `mesh down` removes it, even when its nodes were killed (a
+        // fault test may still restart them).
         MeshState::Kept
     } else {
         MeshState::Stale
@@ -191,6 +196,9 @@ pub fn list() -> Vec<MeshSummary> {
 
 /// Tears down mesh `name` (not while a `mesh up` owns it).
 pub async fn down(name: &str) -> Result<TeardownReport, TeardownError> {
+    // Regression: an unchecked name such as `..` or `/x` made the state path point outside
+    // the state root, and everything there was removed.
+    crate::spec::validate_name(name)?;
     let paths = MeshPaths::for_mesh(name);
     if !paths.state.exists() {
         // A namespace can outlive its state only if someone removed the state by hand.

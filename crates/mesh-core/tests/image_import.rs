@@ -33,13 +33,31 @@ fn qemu_img_create(format: &str, path: &Path) {
 }
 
 #[test]
+fn import_refuses_garbage_and_keeps_the_current_image() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let store = ImageStore::open(&work.path().join("store")).expect("open");
+    let garbage = work.path().join("garbage.qcow2");
+    std::fs::write(&garbage, (0..3000u32).map(|i| (i * 131 % 251) as u8).collect::<Vec<_>>())
+        .expect("write");
+    let err = store.import(&garbage, Arch::X86_64).expect_err("garbage must be refused");
+    assert!(err.to_string().contains("garbage.qcow2"), "{err}");
+    assert_eq!(store.get(Arch::X86_64).expect("get"), None);
+    assert!(store.list().expect("list").is_empty());
+}
+
+#[test]
 fn import_probes_the_format_from_magic_bytes_not_the_name() {
     let work = tempfile::tempdir().expect("tempdir");
     // Names that lie about the content.
     let raw = work.path().join("looks-like.qcow2");
     let qcow2 = work.path().join("looks-like.img");
     qemu_img_create("raw", &raw);
-    std::fs::write(&raw, [b"not a qcow2 header".as_slice(), &[0u8; 4096]].concat()).expect("raw");
+    // A raw disk with an (empty) MBR partition table: 0x55aa at the end of sector 0.
+    let mut disk = vec![0u8; 8192];
+    disk[..18].copy_from_slice(b"not a qcow2 header");
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    std::fs::write(&raw, disk).expect("raw");
     qemu_img_create("qcow2", &qcow2);
 
     let store = ImageStore::open(&work.path().join("store")).expect("open");

@@ -248,28 +248,44 @@ impl Lab {
     }
 
     /// Throughput in bit/s of a 1 s TCP transfer from host 0 to an iperf3 server on host 1.
+    /// A fresh one-off server per attempt; an attempt whose report lacks the received rate
+    /// (the client raced the server, or a loaded host stalled it) is retried, boundedly.
     fn throughput(&self) -> f64 {
-        let mut server = self.iperf_server();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let report = loop {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut server = self.iperf_server();
+            std::thread::sleep(Duration::from_millis(200));
             let mut cmd = Command::new("iperf3");
-            cmd.args(["-c", &Lab::addr(1), "-p", "5201", "-t", "1", "-J"]);
+            cmd.args([
+                "-c",
+                &Lab::addr(1),
+                "-p",
+                "5201",
+                "-t",
+                "1",
+                "-J",
+                "--connect-timeout",
+                "3000",
+            ]);
             self.hosts[0].prepare_command(&mut cmd);
             let output = cmd.output().expect("cannot run `iperf3` (is it installed?)");
-            // iperf3 3.12 with -J exits 0 even when it cannot connect (the server may not
-            // listen yet): the report's "error" field tells.
+            // Never wait on a server that missed its one client.
+            let _ = server.kill();
+            let _ = server.wait();
+            // iperf3 3.12 with -J exits 0 even when it cannot connect: read the report.
             let report: Option<serde_json::Value> = serde_json::from_slice(&output.stdout).ok();
-            match report {
-                Some(report) if output.status.success() && report.get("error").is_none() => {
-                    break report
-                }
-                _ => {}
+            let rate = report
+                .as_ref()
+                .filter(|r| r.get("error").is_none())
+                .and_then(|r| r["end"]["sum_received"]["bits_per_second"].as_f64());
+            if let Some(rate) = rate {
+                return rate;
             }
-            assert!(Instant::now() < deadline, "iperf3 client keeps failing: {output:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let _ = server.wait();
-        report["end"]["sum_received"]["bits_per_second"].as_f64().expect("received rate")
+            last = format!("{output:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("iperf3 gave no throughput within 30 s: {last}");
     }
 
     fn iperf_server(&self) -> Child {
