@@ -57,6 +57,14 @@ fn bad_input_is_one_line_and_creates_nothing() {
         (&["image", "build", "--arch", "sparc"], "sparc"),
         (&["exec", "nosuchmesh", "--", "true"], "no mesh named nosuchmesh"),
         (&["down", "nosuchmesh"], "no mesh named nosuchmesh"),
+        // Regression: names were joined onto the state root unchecked, and `down ..` removed
+        // the state root's parent.
+        (&["down", ".."], "invalid mesh name"),
+        (&["down", "/tmp"], "invalid mesh name"),
+        (&["exec", "../x", "--", "true"], "invalid mesh name"),
+        (&["status", ".."], "invalid mesh name"),
+        (&["node", "..", "x86-1", "kill"], "invalid mesh name"),
+        (&["net", "..", "heal"], "invalid mesh name"),
     ];
     for (args, needle) in cases {
         let o = run(mesh(tmp.path()).args(*args));
@@ -139,4 +147,68 @@ fn killed_up_is_collected_by_gc() {
     assert!(!tmp.path().join("state").join(&name).exists());
     assert!(!tmp.path().join("run").join(&name).exists());
     assert_eq!(root_netns_snapshot(), before, "root namespace changed");
+}
+
+#[test]
+fn down_with_a_path_for_a_name_deletes_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let victim = tmp.path().join("victim");
+    std::fs::create_dir_all(victim.join("inside")).expect("mkdir");
+    let o = run(mesh(tmp.path()).arg("down").arg(&victim));
+    assert!(!o.status.success());
+    assert!(victim.join("inside").exists(), "mesh down removed {}", victim.display());
+    let o = run(mesh(tmp.path()).args(["down", ".."]));
+    assert!(!o.status.success());
+    assert!(victim.exists());
+}
+
+#[test]
+fn ctrl_c_during_the_build_tears_down_and_stops_the_build() {
+    mesh_core::image::ImageStore::open_default()
+        .and_then(|s| s.build(mesh_qemu::Arch::X86_64, &Default::default()))
+        .expect("x86_64 base image (mmdebstrap and friends must be installed)");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("mkdir");
+    std::fs::write(repo.join("f"), "x").expect("write");
+    for args in [
+        &["init", "-q"][..],
+        &["add", "f"],
+        &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "f"],
+    ] {
+        assert!(run(Command::new("git").current_dir(&repo).args(args)).status.success());
+    }
+    let marker = tmp.path().join("build-started");
+    let name = format!("int{}", std::process::id() % 100000);
+    // A sleep whose command line is unique to this test, to look for afterwards.
+    let sleeper = format!("300.{}", std::process::id());
+    let build = format!("touch {}; exec sleep {sleeper}", marker.display());
+    let child = mesh(tmp.path())
+        .args(["up", "--n-x86", "1", "--accel", "tcg", "--name", &name, "--build", &build])
+        .arg("--repo")
+        .arg(&repo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mesh up");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill on the PID of our own, not yet reaped, child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tearing the mesh down"));
+    assert!(!tmp.path().join("state").join(&name).exists(), "state left behind");
+    assert!(!tmp.path().join("run").join(&name).exists(), "runtime dir left behind");
+    // The build's `sleep` is gone too: its whole process group was killed.
+    std::thread::sleep(Duration::from_millis(300));
+    let leftover = std::fs::read_dir("/proc").expect("proc").flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&sleeper))
+            .unwrap_or(false)
+    });
+    assert!(!leftover, "the build command outlived mesh up");
 }
