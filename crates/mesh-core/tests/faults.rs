@@ -87,7 +87,11 @@ async fn faults_on_real_guests() {
         );
     }
     let (a, b, c) = ("x86-1", "x86-2", "x86-3");
-    let baseline_mbit = throughput(&mesh, a, b).await;
+    // TCG throughput swings a lot from run to run: take the best of three on each side.
+    let mut baseline_mbit: f64 = 0.0;
+    for _ in 0..3 {
+        baseline_mbit = baseline_mbit.max(throughput(&mesh, a, b).await);
+    }
 
     // Delay: the round trip through a rises by the delay asked for (within 10%).
     let before = rtt(&mesh, a, b).await;
@@ -175,7 +179,26 @@ async fn faults_on_real_guests() {
     assert!(reaches(&mesh, a, c).await);
 
     // With every fault cleared, nothing is left in the path and throughput is back.
-    let after_mbit = throughput(&mesh, a, b).await;
+    let netns = mesh_net::Netns::open(&mesh.plan.netns).expect("mesh namespace");
+    let handle = mesh_net::NetHandle::open(&netns).await.expect("netlink");
+    let links = handle.links().await.expect("links");
+    for node in &mesh.plan.nodes {
+        let tap = links.iter().find(|l| l.name == node.tap).expect("tap");
+        assert_eq!(
+            tap.master.as_deref(),
+            Some(mesh.plan.bridge.as_str()),
+            "{} off the bridge",
+            node.name
+        );
+    }
+    assert!(
+        links.iter().all(|l| l.kind.as_deref() != Some("veth")),
+        "a shaper path is left: {links:?}"
+    );
+    let mut after_mbit: f64 = 0.0;
+    for _ in 0..3 {
+        after_mbit = after_mbit.max(throughput(&mesh, a, b).await);
+    }
     assert!(
         after_mbit > baseline_mbit * 0.5,
         "throughput {after_mbit:.0} Mbit/s after clearing vs {baseline_mbit:.0} before any fault"

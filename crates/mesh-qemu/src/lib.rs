@@ -62,7 +62,8 @@ mod process;
 mod qmp;
 
 pub use accel::{
-    accel_cache_path, probe_accel, probe_guest, probe_guest_time, AccelProbeError, PROBE_MARKER,
+    accel_cache_path, probe_accel, probe_accel_with_kernel, probe_guest, probe_guest_time,
+    AccelProbeError, PROBE_MARKER,
 };
 pub use arch::{Accel, Arch, ParseAccelError, ParseArchError};
 pub use command::{
