@@ -271,7 +271,7 @@ impl Mesh {
         // The journal, not this handle, owns the network from now on.
         std::mem::forget(network);
 
-        self.options.say(Progress::Step { what: "accelerator".into() });
+        self.options.say(Progress::Step { what: "probing the accelerator".into() });
         let mut accels = HashMap::new();
         for node in &plan.nodes {
             if let std::collections::hash_map::Entry::Vacant(e) = accels.entry(node.arch) {
@@ -279,6 +279,10 @@ impl Mesh {
             }
         }
 
+        let mut chosen: Vec<String> =
+            accels.iter().map(|(arch, accel)| format!("{arch} {accel}")).collect();
+        chosen.sort();
+        self.options.say(Progress::Step { what: format!("accelerator: {}", chosen.join(", ")) });
         self.options.say(Progress::Step { what: "starting QEMU".into() });
         for node in &plan.nodes {
             let accel = accels[&node.arch];
