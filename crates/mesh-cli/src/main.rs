@@ -53,7 +53,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Seconds before a node's command is stopped.
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
         /// The command; `{name}`, `{ip_address}`, `{arch}`, `{index}`, `{peers}` are filled in.
         #[arg(last = true, required = true)]
@@ -259,10 +259,10 @@ struct UpArgs {
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelArg,
     /// Seconds each node may take to become ready (default scales with the accelerator).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     ready_timeout: Option<u64>,
     /// Seconds the action may run per node.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
     action_timeout: u64,
 }
 

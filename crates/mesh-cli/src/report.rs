@@ -88,8 +88,11 @@ impl Report {
             };
             if self.builtin_check {
                 let kernel = if x.ok() { x.stdout.trim().to_owned() } else { "-".into() };
-                let mesh =
-                    if x.ok() { "all peers reachable".to_owned() } else { first_line(&x.stderr) };
+                let mesh = match (x.ok(), self.rows.len()) {
+                    (true, 1) => "no peers to reach".to_owned(),
+                    (true, _) => "all peers reachable".to_owned(),
+                    (false, _) => first_line(&x.stderr),
+                };
                 out.push_str(&format!(
                     "{:<10} {:<8} {:<15} {:<24} {:>8}  {}\n",
                     r.name, r.arch, r.ip, kernel, ready, mesh
