@@ -59,6 +59,20 @@ fn bad_input_is_one_line_and_creates_nothing() {
         (&["down", "nosuchmesh"], "no mesh named nosuchmesh"),
         // Regression: names were joined onto the state root unchecked, and `down ..` removed
         // the state root's parent.
+        (
+            &[
+                "up",
+                "--n-x86",
+                "1",
+                "--name",
+                "bp",
+                "--repo",
+                "/nonexistent",
+                "--build",
+                "echo {bogus}",
+            ],
+            "unknown placeholder {bogus}",
+        ),
         (&["down", ".."], "invalid mesh name"),
         (&["down", "/tmp"], "invalid mesh name"),
         (&["exec", "../x", "--", "true"], "invalid mesh name"),

@@ -130,6 +130,9 @@ pub fn preflight(
     if let Some(action) = &spec.action {
         crate::template::check(action, &plan)?;
     }
+    if let Some(build) = &spec.repo.build {
+        crate::repo::check_build_template(build)?;
+    }
     let store = match &options.images {
         Some(root) => ImageStore::open(root)?,
         None => ImageStore::open_default()?,

@@ -50,6 +50,12 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// The build command names a placeholder we do not fill in.
+    #[error("unknown placeholder {{{name}}} in the build command (known: {{target}}, {{arch}}, {{out}})")]
+    UnknownPlaceholder {
+        /// The placeholder.
+        name: String,
+    },
     /// A work directory could not be prepared.
     #[error("repository work directory {path}")]
     Io {
@@ -182,6 +188,26 @@ pub async fn clone(source: &str, branch: Option<&str>, dest: &Path) -> Result<()
     Ok(())
 }
 
+/// Checks that a build command uses only `{target}`, `{arch}` and `{out}`; any other
+/// `{word}` would reach the shell unreplaced. Shell syntax such as `${VAR}` is left alone.
+pub fn check_build_template(command: &str) -> Result<(), RepoError> {
+    let bytes = command.as_bytes();
+    for (i, _) in command.match_indices('{') {
+        if i > 0 && bytes[i - 1] == b'$' {
+            continue;
+        }
+        let rest = &command[i + 1..];
+        let Some(end) = rest.find('}') else { continue };
+        let word = &rest[..end];
+        let is_word =
+            !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if is_word && !["target", "arch", "out"].contains(&word) {
+            return Err(RepoError::UnknownPlaceholder { name: word.to_owned() });
+        }
+    }
+    Ok(())
+}
+
 /// The Rust-style target triple of an arch, for `{target}`.
 pub fn target_triple(arch: Arch) -> &'static str {
     match arch {
@@ -279,6 +305,16 @@ fn last_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_templates_know_their_placeholders() {
+        check_build_template("make TARGET={target} ARCH={arch} OUT={out}").expect("known");
+        check_build_template("echo ${HOME} && awk '{ print $1 }'").expect("shell syntax");
+        assert!(matches!(
+            check_build_template("echo {bogus}"),
+            Err(RepoError::UnknownPlaceholder { .. })
+        ));
+    }
 
     #[test]
     fn repo_names_come_from_the_last_component() {
