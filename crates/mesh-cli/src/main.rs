@@ -549,36 +549,9 @@ async fn exec(
             bail!("mesh {name} has no node {n}");
         }
     }
-    let targets: Vec<&mesh_core::NodePlan> =
-        plan.nodes.iter().filter(|n| nodes.is_empty() || nodes.contains(&n.name)).collect();
-    // A stopped node is reported at once rather than after an SSH connect timeout.
-    let (running, stopped): (Vec<&mesh_core::NodePlan>, Vec<&mesh_core::NodePlan>) =
-        targets.iter().partition(|n| mesh_core::fault::live_process(&plan, &n.name).is_some());
     let template = remote_command(command);
-    let mut results =
-        mesh_core::ssh::fan_out(&plan, &running, &template, Duration::from_secs(timeout)).await?;
-    for n in stopped {
-        results.push(mesh_core::ssh::ExecResult {
-            node: n.name.clone(),
-            arch: n.arch.to_string(),
-            ip: n.ip.to_string(),
-            command: template.clone(),
-            exit_code: None,
-            stdout: String::new(),
-            stderr: format!("{} is not running (see `mesh status {name}`)", n.name),
-            duration_ms: 0,
-            timed_out: false,
-        });
-    }
-    results.sort_by_key(|r| plan.nodes.iter().position(|n| n.name == r.node));
-    let events = mesh_core::state::EventLog::new(plan.paths.events());
-    for r in &results {
-        events.emit(
-            Some(&r.node),
-            "exec.exit",
-            serde_json::json!({ "code": r.exit_code, "ms": r.duration_ms }),
-        );
-    }
+    let results =
+        mesh_core::ssh::exec_nodes(&plan, nodes, &template, Duration::from_secs(timeout)).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {

@@ -370,17 +370,7 @@ impl Mesh {
         only: &[String],
         timeout: Duration,
     ) -> Result<Vec<ExecResult>, Error> {
-        let targets: Vec<&NodePlan> =
-            self.plan.nodes.iter().filter(|n| only.is_empty() || only.contains(&n.name)).collect();
-        let results = crate::ssh::fan_out(&self.plan, &targets, template, timeout).await?;
-        for r in &results {
-            self.events.emit(
-                Some(&r.node),
-                "exec.exit",
-                serde_json::json!({ "code": r.exit_code, "ms": r.duration_ms }),
-            );
-        }
-        Ok(results)
+        crate::ssh::exec_nodes(&self.plan, only, template, timeout).await
     }
 
     /// The default check: every node pings every other over the mesh; stdout is the kernel

@@ -1,7 +1,6 @@
 //! Running commands on nodes with the real OpenSSH client, started inside the mesh namespace,
 //! authenticated with the mesh's client key and checking the pinned host keys.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -163,7 +162,41 @@ pub async fn fan_out(
     results.into_iter().map(|r| r.map_err(crate::Error::from)).collect()
 }
 
-/// Whether `path` exists; used to say which prerequisite is missing.
-pub fn have(path: &Path) -> bool {
-    path.exists()
+/// Runs a templated command on the named nodes (all when `only` is empty) of a mesh, found by
+/// its plan. A node whose QEMU is not running is reported at once (no exit code) instead of
+/// after an SSH connect timeout. Results come in node order.
+pub async fn exec_nodes(
+    plan: &MeshPlan,
+    only: &[String],
+    template: &str,
+    timeout: Duration,
+) -> Result<Vec<ExecResult>, crate::Error> {
+    let targets: Vec<&NodePlan> =
+        plan.nodes.iter().filter(|n| only.is_empty() || only.contains(&n.name)).collect();
+    let (running, stopped): (Vec<&NodePlan>, Vec<&NodePlan>) =
+        targets.iter().partition(|n| crate::fault::live_process(plan, &n.name).is_some());
+    let mut results = fan_out(plan, &running, template, timeout).await?;
+    for n in stopped {
+        results.push(ExecResult {
+            node: n.name.clone(),
+            arch: n.arch.to_string(),
+            ip: n.ip.to_string(),
+            command: crate::template::render(template, plan, n)?,
+            exit_code: None,
+            stdout: String::new(),
+            stderr: format!("{} is not running (see `mesh status {}`)", n.name, plan.spec.name),
+            duration_ms: 0,
+            timed_out: false,
+        });
+    }
+    results.sort_by_key(|r| plan.nodes.iter().position(|n| n.name == r.node));
+    let events = crate::state::EventLog::new(plan.paths.events());
+    for r in &results {
+        events.emit(
+            Some(&r.node),
+            "exec.exit",
+            serde_json::json!({ "code": r.exit_code, "ms": r.duration_ms }),
+        );
+    }
+    Ok(results)
 }
