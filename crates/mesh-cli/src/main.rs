@@ -681,15 +681,7 @@ async fn down(name: Option<String>, all: bool) -> Result<ExitCode> {
         vec![name.context("name a mesh, or use --all")?]
     };
     for n in names {
-        let report = mesh_core::teardown::down(&n).await?;
-        println!(
-            "{n}: removed ({} nodes stopped, {} network objects)",
-            report.killed.len(),
-            report.network
-        );
-        for p in report.problems {
-            eprintln!("warning: {p}");
-        }
+        print_removed(&n, &mesh_core::teardown::down(&n).await?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -838,20 +830,24 @@ async fn net(mut args: NetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_removed(name: &str, report: &mesh_core::teardown::TeardownReport) {
+    println!(
+        "{name}: removed ({} nodes stopped, {} network objects)",
+        report.killed.len(),
+        report.network
+    );
+    for p in &report.problems {
+        eprintln!("warning: {p}");
+    }
+}
+
 async fn gc() -> Result<ExitCode> {
     let removed = mesh_core::teardown::gc().await;
     if removed.is_empty() {
         println!("nothing to collect");
     }
     for (name, report) in removed {
-        println!(
-            "{name}: removed ({} nodes stopped, {} network objects)",
-            report.killed.len(),
-            report.network
-        );
-        for p in report.problems {
-            eprintln!("warning: {p}");
-        }
+        print_removed(&name, &report);
     }
     Ok(ExitCode::SUCCESS)
 }

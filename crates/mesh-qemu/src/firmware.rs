@@ -4,7 +4,7 @@
 //! any other size. Debian's AAVMF files are already 64 MiB; other distributions ship the
 //! code as a 2 MiB `QEMU_EFI.fd`. Each VM needs its own writable copy of the variable store.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -80,24 +80,8 @@ fn padded_copy(template: &Path, dest: &Path) -> Result<(), FirmwareError> {
     if len > AARCH64_FLASH_SIZE {
         return Err(FirmwareError::TooLarge { path: template.to_owned(), len });
     }
-    let write_error = |source| FirmwareError::WriteCopy { path: dest.to_owned(), source };
-    let mut temp_name = dest.as_os_str().to_owned();
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = PathBuf::from(temp_name);
-    let result = (|| {
-        if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
-        io::Write::write_all(&mut file, &bytes)?;
-        file.set_len(AARCH64_FLASH_SIZE)?;
-        fs::rename(&temp, dest)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(write_error(source));
-    }
-    Ok(())
+    crate::atomic::write_file(dest, &bytes, AARCH64_FLASH_SIZE, false)
+        .map_err(|source| FirmwareError::WriteCopy { path: dest.to_owned(), source })
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@
 
 mod accel;
 mod arch;
+mod atomic;
 mod command;
 mod firmware;
 pub mod initramfs;

@@ -15,8 +15,8 @@
 //! | 2       | refcount block (clusters 0 to 2 + L1 clusters have count 1)|
 //! | 3..     | L1 table, all zero (nothing allocated yet)                 |
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -297,28 +297,9 @@ fn overlay_image(
 }
 
 fn write_atomically(overlay: &Path, image: &OverlayImage) -> Result<(), OverlayError> {
-    let write_error = |source| OverlayError::WriteOverlay { path: overlay.to_owned(), source };
-    let file_name = overlay.file_name().ok_or_else(|| {
-        write_error(io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))
-    })?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".tmp-{}", std::process::id()));
-    let temp = overlay.with_file_name(temp_name);
-
-    let result = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
-        file.write_all(&image.head)?;
-        // Extending with set_len keeps the zero L1 table sparse.
-        file.set_len(image.len)?;
-        file.sync_all()?;
-        fs::rename(&temp, overlay)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&temp);
-        return Err(write_error(source));
-    }
-    Ok(())
+    // Extending with set_len keeps the zero L1 table sparse.
+    crate::atomic::write_file(overlay, &image.head, image.len, true)
+        .map_err(|source| OverlayError::WriteOverlay { path: overlay.to_owned(), source })
 }
 
 #[cfg(test)]
