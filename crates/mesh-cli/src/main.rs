@@ -29,6 +29,45 @@ struct Cli {
     command: Command,
 }
 
+/// Arguments of `mesh seed`.
+#[derive(Args)]
+struct SeedArgs {
+    /// Output image.
+    out: PathBuf,
+    /// user-data file.
+    #[arg(long)]
+    user_data: PathBuf,
+    /// meta-data file.
+    #[arg(long)]
+    meta_data: PathBuf,
+    /// network-config file (v2).
+    #[arg(long)]
+    network_config: Option<PathBuf>,
+    /// vendor-data file.
+    #[arg(long)]
+    vendor_data: Option<PathBuf>,
+    /// Image format.
+    #[arg(long, value_enum, default_value = "iso")]
+    format: SeedFormat,
+}
+
+// `mesh seed` on its own. `mesh seed ...` is parsed with this instead of `Cli`: building the
+// whole command tree costs more than writing a seed does.
+#[derive(Parser)]
+#[command(
+    name = "mesh seed",
+    bin_name = "mesh seed",
+    version,
+    about = "Write a NoCloud seed (a drop-in for cloud-localds)."
+)]
+struct SeedCli {
+    /// More logging (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(flatten)]
+    args: SeedArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a mesh, wait until every node is ready, run the action (or the built-in
@@ -112,25 +151,7 @@ enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Write a NoCloud seed (a drop-in for cloud-localds).
-    Seed {
-        /// Output image.
-        out: PathBuf,
-        /// user-data file.
-        #[arg(long)]
-        user_data: PathBuf,
-        /// meta-data file.
-        #[arg(long)]
-        meta_data: PathBuf,
-        /// network-config file (v2).
-        #[arg(long)]
-        network_config: Option<PathBuf>,
-        /// vendor-data file.
-        #[arg(long)]
-        vendor_data: Option<PathBuf>,
-        /// Image format.
-        #[arg(long, value_enum, default_value = "iso")]
-        format: SeedFormat,
-    },
+    Seed(SeedArgs),
     /// Write an ISO9660 image (Rock Ridge + Joliet) of a directory.
     Iso {
         /// Output image.
@@ -279,21 +300,55 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "seed") {
+        let cli = SeedCli::parse_from(std::env::args_os().skip(1));
+        quiet_logging(cli.verbose);
+        return finish(seed(cli.args));
+    }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+    match &cli.command {
+        Command::Seed(_) | Command::Iso { .. } => quiet_logging(cli.verbose),
+        _ => init_logging(cli.verbose),
+    }
+    finish(dispatch(cli.command))
+}
+
+/// Runs one subcommand.
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        // Subcommands that do no I/O concurrency run without the async runtime: starting its
+        // worker threads costs more than a whole `mesh seed`.
+        Command::Seed(args) => seed(args),
+        Command::Iso { out, dir, label, timestamp } => iso(out, dir, label, timestamp),
+        Command::Status { name, json } => status(name, json),
+        Command::Ssh { name, node, command } => ssh(&name, &node, &command),
+        Command::ShaperDaemon { config } => {
+            mesh_core::netfault::run_daemon(&config).map(|()| ExitCode::SUCCESS).map_err(Into::into)
         }
-    };
-    match runtime.block_on(run(cli)) {
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(run(command)),
+    }
+}
+
+/// The exit code of a subcommand's outcome; an error is printed as one line.
+fn finish(outcome: Result<ExitCode>) -> ExitCode {
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Logging for the image writers, whose libraries log only at debug level: set up only when
+/// asked for (`-vv` or `MESH_LOG`), since the subscriber costs a good part of a `mesh seed`.
+fn quiet_logging(verbose: u8) {
+    if verbose >= 2 || std::env::var_os("MESH_LOG").is_some() {
+        init_logging(verbose);
     }
 }
 
@@ -318,30 +373,25 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Up(args) => up(args).await,
-        Command::Status { name, json } => status(name, json),
         Command::Exec { name, nodes, json, timeout, command } => {
             exec(&name, &nodes, json, timeout, &command).await
         }
-        Command::Ssh { name, node, command } => ssh(&name, &node, &command),
         Command::Console { name, node } => console(&name, &node).await,
         Command::Down { name, all } => down(name, all).await,
         Command::Gc => gc().await,
         Command::Net(args) => net(args).await,
-        Command::ShaperDaemon { config } => {
-            mesh_core::netfault::run_daemon(&config)?;
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Node { name, node, action, state, no_wait } => {
             node_fault(&name, &node, &action, state.as_deref(), no_wait).await
         }
         Command::Image(cmd) => image(cmd).await,
-        Command::Seed { out, user_data, meta_data, network_config, vendor_data, format } => {
-            seed(out, user_data, meta_data, network_config, vendor_data, format)
-        }
-        Command::Iso { out, dir, label, timestamp } => iso(out, dir, label, timestamp),
+        Command::Seed(_)
+        | Command::Iso { .. }
+        | Command::Status { .. }
+        | Command::Ssh { .. }
+        | Command::ShaperDaemon { .. } => unreachable!("handled without the runtime in main"),
     }
 }
 
@@ -905,14 +955,8 @@ fn read_input(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn seed(
-    out: PathBuf,
-    user_data: PathBuf,
-    meta_data: PathBuf,
-    network_config: Option<PathBuf>,
-    vendor_data: Option<PathBuf>,
-    format: SeedFormat,
-) -> Result<ExitCode> {
+fn seed(args: SeedArgs) -> Result<ExitCode> {
+    let SeedArgs { out, user_data, meta_data, network_config, vendor_data, format } = args;
     let ud = read_input(&user_data)?;
     let md = read_input(&meta_data)?;
     let nc = network_config.as_deref().map(read_input).transpose()?;

@@ -1,0 +1,148 @@
+//! `mesh seed` and `mesh iso` as a user meets them: drop-in use with cloud-localds' inputs,
+//! images checked with independent readers (blkid, isoinfo, mtools, fsck.vfat), and bad input
+//! refused in one line with nothing left at the output path.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn mesh() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mesh"));
+    c.env_remove("MESH_LOG");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn inputs(dir: &Path) {
+    fs::write(dir.join("ud"), "#cloud-config\nhostname: n1\nruncmd:\n  - [touch, /run/x]\n")
+        .unwrap();
+    fs::write(dir.join("md"), "instance-id: iid-n1\nlocal-hostname: n1\n").unwrap();
+    fs::write(
+        dir.join("nc"),
+        "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"52:54:00:00:00:01\"\n    \
+         set-name: eth0\n    addresses: [10.1.0.2/24]\n",
+    )
+    .unwrap();
+}
+
+fn blkid(image: &Path) -> String {
+    ok(Command::new("blkid").args(["-p", "-o", "export"]).arg(image))
+}
+
+#[test]
+fn seed_iso_is_a_cidata_volume_with_the_inputs_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    inputs(tmp.path());
+    let out = tmp.path().join("seed.iso");
+    // Same argument shapes as `cloud-localds -N nc seed.iso ud md`.
+    ok(mesh()
+        .current_dir(tmp.path())
+        .args(["seed", "seed.iso", "--user-data", "ud", "--meta-data", "md"])
+        .args(["--network-config", "nc"]));
+    let id = blkid(&out);
+    assert!(id.contains("TYPE=iso9660"), "{id}");
+    assert!(id.lines().any(|l| l == "LABEL=cidata"), "{id}");
+    let listing = ok(Command::new("isoinfo").args(["-R", "-f", "-i"]).arg(&out));
+    for name in ["/user-data", "/meta-data", "/network-config"] {
+        assert!(listing.lines().any(|l| l == name), "{name} missing: {listing}");
+    }
+    let ud = ok(Command::new("isoinfo").args(["-R", "-x", "/user-data", "-i"]).arg(&out));
+    assert_eq!(ud, fs::read_to_string(tmp.path().join("ud")).unwrap());
+}
+
+#[test]
+fn seed_vfat_has_the_label_in_the_root_directory_and_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    inputs(tmp.path());
+    let out = tmp.path().join("seed.img");
+    // `-v` before the subcommand takes the general parser rather than the `seed` fast path.
+    ok(mesh().current_dir(tmp.path()).args(["-v", "seed", "seed.img", "--format", "vfat"]).args([
+        "--user-data",
+        "ud",
+        "--meta-data",
+        "md",
+    ]));
+    let id = blkid(&out);
+    assert!(id.lines().any(|l| l == "LABEL=CIDATA"), "{id}");
+    assert!(id.contains("TYPE=vfat"), "{id}");
+    ok(Command::new("fsck.vfat").arg("-n").arg(&out));
+    let dir = ok(Command::new("mdir").args(["-b", "-i"]).arg(&out).arg("::"));
+    assert!(dir.contains("user-data") && dir.contains("meta-data"), "{dir}");
+}
+
+#[test]
+fn bad_seed_input_is_one_line_and_leaves_no_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    inputs(tmp.path());
+    fs::write(tmp.path().join("blank"), "\n#cloud-config\nhostname: x\n").unwrap();
+    fs::write(tmp.path().join("md_bad"), "instance_id: x\n").unwrap();
+    fs::write(tmp.path().join("nc_wrapped"), "network:\n  version: 2\n").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--user-data", "missing", "--meta-data", "md"], "missing"),
+        (&["--user-data", "ud", "--meta-data", "md_bad"], "instance"),
+        (&["--user-data", "ud", "--meta-data", "md", "--network-config", "nc_wrapped"], "network"),
+        (&["--user-data", "ud", "--meta-data", "md", "--format", "floppy"], "floppy"),
+    ];
+    for (args, needle) in cases {
+        let o = run(mesh().current_dir(tmp.path()).args(["seed", "out.iso"]).args(*args));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!tmp.path().join("out.iso").exists(), "{args:?} left an image");
+        if *needle != "floppy" {
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+        }
+    }
+    // Whitespace before the header is normalised away; anything else there is refused.
+    fs::write(tmp.path().join("dashes"), "---\n#cloud-config\nhostname: x\n").unwrap();
+    let seed = |ud: &str| {
+        run(mesh().current_dir(tmp.path()).args([
+            "seed",
+            "out.iso",
+            "--user-data",
+            ud,
+            "--meta-data",
+            "md",
+        ]))
+    };
+    let o = seed("dashes");
+    assert!(!o.status.success());
+    assert!(!tmp.path().join("out.iso").exists());
+    let o = seed("blank");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ud = ok(Command::new("isoinfo")
+        .args(["-R", "-x", "/user-data", "-i"])
+        .arg(tmp.path().join("out.iso")));
+    assert!(ud.starts_with("#cloud-config\n"), "{ud:?}");
+}
+
+#[test]
+fn iso_of_a_directory_keeps_modes_and_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("tree");
+    fs::create_dir_all(src.join("scripts")).unwrap();
+    fs::write(src.join("scripts/build.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    ok(Command::new("chmod").arg("0755").arg(src.join("scripts/build.sh")));
+    std::os::unix::fs::symlink("scripts/build.sh", src.join("build")).unwrap();
+    let out = tmp.path().join("repo.iso");
+    ok(mesh().arg("iso").arg(&out).arg(&src).args(["--label", "repo"]));
+    let id = blkid(&out);
+    assert!(id.lines().any(|l| l == "LABEL=repo"), "{id}");
+    let listing = ok(Command::new("isoinfo").args(["-R", "-l", "-i"]).arg(&out));
+    assert!(listing.contains("-rwxr-xr-x") && listing.contains("build.sh"), "{listing}");
+    assert!(listing.contains("build -> scripts/build.sh"), "{listing}");
+    // A file for a directory is one line, and nothing is written.
+    let o = run(mesh().arg("iso").arg(tmp.path().join("bad.iso")).arg(src.join("build")));
+    assert!(!o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim_end().lines().count(), 1);
+    assert!(!tmp.path().join("bad.iso").exists());
+}
