@@ -24,14 +24,14 @@ fn ok(cmd: &mut Command) -> String {
 
 fn inputs(dir: &Path) {
     fs::write(dir.join("ud"), "#cloud-config\nhostname: n1\nruncmd:\n  - [touch, /run/x]\n")
-        .unwrap();
-    fs::write(dir.join("md"), "instance-id: iid-n1\nlocal-hostname: n1\n").unwrap();
+        .expect("test setup");
+    fs::write(dir.join("md"), "instance-id: iid-n1\nlocal-hostname: n1\n").expect("test setup");
     fs::write(
         dir.join("nc"),
         "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"52:54:00:00:00:01\"\n    \
          set-name: eth0\n    addresses: [10.1.0.2/24]\n",
     )
-    .unwrap();
+    .expect("test setup");
 }
 
 fn blkid(image: &Path) -> String {
@@ -40,7 +40,7 @@ fn blkid(image: &Path) -> String {
 
 #[test]
 fn seed_iso_is_a_cidata_volume_with_the_inputs_unchanged() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("test setup");
     inputs(tmp.path());
     let out = tmp.path().join("seed.iso");
     // Same argument shapes as `cloud-localds -N nc seed.iso ud md`.
@@ -56,12 +56,12 @@ fn seed_iso_is_a_cidata_volume_with_the_inputs_unchanged() {
         assert!(listing.lines().any(|l| l == name), "{name} missing: {listing}");
     }
     let ud = ok(Command::new("isoinfo").args(["-R", "-x", "/user-data", "-i"]).arg(&out));
-    assert_eq!(ud, fs::read_to_string(tmp.path().join("ud")).unwrap());
+    assert_eq!(ud, fs::read_to_string(tmp.path().join("ud")).expect("test setup"));
 }
 
 #[test]
 fn seed_vfat_has_the_label_in_the_root_directory_and_is_clean() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("test setup");
     inputs(tmp.path());
     let out = tmp.path().join("seed.img");
     // `-v` before the subcommand takes the general parser rather than the `seed` fast path.
@@ -81,11 +81,11 @@ fn seed_vfat_has_the_label_in_the_root_directory_and_is_clean() {
 
 #[test]
 fn bad_seed_input_is_one_line_and_leaves_no_image() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("test setup");
     inputs(tmp.path());
-    fs::write(tmp.path().join("blank"), "\n#cloud-config\nhostname: x\n").unwrap();
-    fs::write(tmp.path().join("md_bad"), "instance_id: x\n").unwrap();
-    fs::write(tmp.path().join("nc_wrapped"), "network:\n  version: 2\n").unwrap();
+    fs::write(tmp.path().join("blank"), "\n#cloud-config\nhostname: x\n").expect("test setup");
+    fs::write(tmp.path().join("md_bad"), "instance_id: x\n").expect("test setup");
+    fs::write(tmp.path().join("nc_wrapped"), "network:\n  version: 2\n").expect("test setup");
     let cases: &[(&[&str], &str)] = &[
         (&["--user-data", "missing", "--meta-data", "md"], "missing"),
         (&["--user-data", "ud", "--meta-data", "md_bad"], "instance"),
@@ -103,7 +103,7 @@ fn bad_seed_input_is_one_line_and_leaves_no_image() {
         }
     }
     // Whitespace before the header is normalised away; anything else there is refused.
-    fs::write(tmp.path().join("dashes"), "---\n#cloud-config\nhostname: x\n").unwrap();
+    fs::write(tmp.path().join("dashes"), "---\n#cloud-config\nhostname: x\n").expect("test setup");
     let seed = |ud: &str| {
         run(mesh().current_dir(tmp.path()).args([
             "seed",
@@ -127,12 +127,12 @@ fn bad_seed_input_is_one_line_and_leaves_no_image() {
 
 #[test]
 fn iso_of_a_directory_keeps_modes_and_links() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("test setup");
     let src = tmp.path().join("tree");
-    fs::create_dir_all(src.join("scripts")).unwrap();
-    fs::write(src.join("scripts/build.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::create_dir_all(src.join("scripts")).expect("test setup");
+    fs::write(src.join("scripts/build.sh"), "#!/bin/sh\necho hi\n").expect("test setup");
     ok(Command::new("chmod").arg("0755").arg(src.join("scripts/build.sh")));
-    std::os::unix::fs::symlink("scripts/build.sh", src.join("build")).unwrap();
+    std::os::unix::fs::symlink("scripts/build.sh", src.join("build")).expect("test setup");
     let out = tmp.path().join("repo.iso");
     ok(mesh().arg("iso").arg(&out).arg(&src).args(["--label", "repo"]));
     let id = blkid(&out);
