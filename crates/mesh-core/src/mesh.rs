@@ -306,8 +306,14 @@ impl Mesh {
             )
             .map_err(|source| Error::Io { path: saved.clone(), source })?;
             record(&self.journal, &Record::QemuStarting { node: node.name.clone() })?;
-            let process = mesh_qemu::QemuProcess::spawn(&cmd, Some(&netns_path), &node.qemu_log())
-                .map_err(|source| Error::Spawn { node: node.name.clone(), source })?;
+            let nice = boot_nice(&plan, node.arch);
+            let process = mesh_qemu::QemuProcess::spawn_niced(
+                &cmd,
+                Some(&netns_path),
+                &node.qemu_log(),
+                nice,
+            )
+            .map_err(|source| Error::Spawn { node: node.name.clone(), source })?;
             record(
                 &self.journal,
                 &Record::Qemu {
@@ -316,7 +322,7 @@ impl Mesh {
                     start_time: process.start_time(),
                 },
             )?;
-            self.events.emit(Some(&node.name), "node.started", serde_json::json!({ "pid": process.pid(), "accel": format!("{accel:?}").to_lowercase() }));
+            self.events.emit(Some(&node.name), "node.started", serde_json::json!({ "pid": process.pid(), "accel": format!("{accel:?}").to_lowercase(), "nice": nice }));
             info!(node = %node.name, pid = process.pid(), "node started");
             self.nodes.push(NodeRuntime { process: Some(process), qmp: None, accel });
         }
@@ -530,6 +536,24 @@ pub async fn wait_node_detached(
 /// The built-in check run on every node when no action is given.
 pub const CHECK_COMMAND: &str = "set -e; for p in $(echo {peers} | tr , ' '); do if ! ping -c 1 -W 5 $p >/dev/null 2>&1; then echo \"cannot reach $p\" >&2; exit 1; fi; done; uname -r";
 
+/// Niceness of the QEMU processes of fast nodes while they boot; see [`boot_nice`].
+pub const BOOT_NICE: i32 = 5;
+
+/// The niceness a node's QEMU starts with. A mesh is ready when its slowest node is, and
+/// when it mixes arches that is a node emulating a foreign instruction set (aarch64 on an
+/// x86_64 host takes two to three times as long as x86_64 to boot). So nodes of the host's
+/// own arch boot at [`BOOT_NICE`] (a third of the CPU weight), which leaves the slow nodes a
+/// whole core where cores are scarce; each node goes back to 0 once it is ready or failed.
+/// Where cores are plentiful, the niceness makes no difference.
+pub fn boot_nice(plan: &MeshPlan, arch: Arch) -> i32 {
+    let host = Arch::host();
+    if arch == host && plan.nodes.iter().any(|n| n.arch != host) {
+        BOOT_NICE
+    } else {
+        0
+    }
+}
+
 /// Readiness timeout per node: TCG is slow, and slower still when nodes share few cores.
 pub fn default_ready_timeout(arch: Arch, accel: Accel, nodes: usize) -> Duration {
     let base = match (accel, arch == Arch::host()) {
@@ -633,6 +657,13 @@ async fn wait_node(
     }
     .await;
 
+    // Booting is over either way: a node niced for its boot (see `boot_nice`) gets its
+    // full share back.
+    if let Some((pid, _)) = pid.filter(|_| alive()) {
+        if let Err(e) = mesh_qemu::set_priority(pid, 0) {
+            tracing::warn!(node = %node.name, error = %e, "cannot restore QEMU's priority");
+        }
+    }
     match outcome {
         Ok(()) => {
             events.emit(
@@ -663,6 +694,35 @@ async fn wait_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan_of(n_x86: usize, n_aarch: usize) -> crate::MeshPlan {
+        let spec = crate::MeshSpec::resolve(
+            None,
+            &crate::SpecOverrides {
+                name: Some("t".into()),
+                n_x86: Some(n_x86),
+                n_aarch: Some(n_aarch),
+                ..Default::default()
+            },
+        )
+        .expect("spec");
+        crate::MeshPlan::with_paths(
+            &spec,
+            crate::MeshPaths { state: "/s".into(), runtime: "/r".into() },
+        )
+        .expect("plan")
+    }
+
+    #[test]
+    fn only_host_arch_nodes_of_a_mixed_mesh_boot_niced() {
+        let host = Arch::host();
+        let foreign = if host == Arch::X86_64 { Arch::Aarch64 } else { Arch::X86_64 };
+        let mixed = plan_of(2, 1);
+        assert_eq!(boot_nice(&mixed, host), BOOT_NICE);
+        assert_eq!(boot_nice(&mixed, foreign), 0);
+        let (x, a) = if host == Arch::X86_64 { (3, 0) } else { (0, 3) };
+        assert_eq!(boot_nice(&plan_of(x, a), host), 0, "one arch: nobody waits for another");
+    }
 
     #[test]
     fn builtin_check_command_is_a_valid_template() {

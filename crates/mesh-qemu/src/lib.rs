@@ -72,5 +72,8 @@ pub use command::{
 };
 pub use firmware::{firmware_code, prepare_firmware_vars, FirmwareError, AARCH64_FLASH_SIZE};
 pub use overlay::{create_overlay, probe_format, ImageFormat, OverlayError};
-pub use process::{kill_recorded, process_matches, process_start_time, ProcessError, QemuProcess};
+pub use process::{
+    kill_recorded, priority, process_matches, process_start_time, set_priority, ProcessError,
+    QemuProcess,
+};
 pub use qmp::{BlockInfo, BlockInserted, Qmp, QmpError, QmpEvent, QmpTimestamp, RunState};

@@ -97,6 +97,18 @@ impl QemuProcess {
         netns_path: Option<&Path>,
         log: &Path,
     ) -> Result<QemuProcess, ProcessError> {
+        Self::spawn_niced(cmd, netns_path, log, 0)
+    }
+
+    /// Like [`QemuProcess::spawn`], with the scheduling niceness `nice` (-20..=19) set in the
+    /// child before `exec`, so every thread QEMU starts has it from the beginning. Use
+    /// [`set_priority`] to change it later.
+    pub fn spawn_niced(
+        cmd: &QemuCommand,
+        netns_path: Option<&Path>,
+        log: &Path,
+        nice: i32,
+    ) -> Result<QemuProcess, ProcessError> {
         let open_log = || OpenOptions::new().create(true).append(true).open(log);
         let log_error = |source| ProcessError::OpenLog { path: log.to_owned(), source };
         let stdout = open_log().map_err(log_error)?;
@@ -116,18 +128,22 @@ impl QemuProcess {
             .stderr(stderr)
             .process_group(0)
             .kill_on_drop(false);
-        if let Some(netns) = &netns {
-            let fd = netns.as_raw_fd();
+        let fd = netns.as_ref().map(|netns| netns.as_raw_fd());
+        if fd.is_some() || nice != 0 {
             // SAFETY: the closure runs in the forked child before exec and only makes the
-            // async-signal-safe `setns` system call on a descriptor the parent keeps open
-            // (and does not close) until `spawn` returns.
+            // async-signal-safe `setns` and `setpriority` system calls, on a descriptor the
+            // parent keeps open (and does not close) until `spawn` returns.
             unsafe {
                 command.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::last_os_error())
+                    if let Some(fd) = fd {
+                        if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
                     }
+                    if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
                 });
             }
         }
@@ -227,6 +243,43 @@ impl QemuProcess {
         }
         let pid = Pid::from_raw(self.pid as i32);
         kill(pid, signal).map_err(|source| ProcessError::Signal { pid: self.pid, signal, source })
+    }
+}
+
+/// Sets the scheduling niceness of every thread of process `pid` to `nice` (Linux keeps
+/// niceness per thread, so renicing only the process id would leave QEMU's vCPU threads as
+/// they were). Threads created afterwards inherit the niceness of the thread creating them.
+/// Raising priority (a lower value) needs `CAP_SYS_NICE`.
+pub fn set_priority(pid: u32, nice: i32) -> io::Result<()> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: setpriority takes plain integers.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            let error = io::Error::last_os_error();
+            // A thread that ended since the listing is not an error.
+            if error.raw_os_error() != Some(libc::ESRCH) {
+                return Err(error);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The niceness of thread (or single-threaded process) `tid`.
+pub fn priority(tid: u32) -> io::Result<i32> {
+    // getpriority can return -1 legitimately: tell it from an error by errno.
+    // SAFETY: errno is thread-local; getpriority takes plain integers.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let value = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        let errno = *libc::__errno_location();
+        if errno != 0 {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(value)
     }
 }
 

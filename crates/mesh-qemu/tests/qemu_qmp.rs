@@ -210,6 +210,38 @@ async fn stop_without_qmp_uses_sigterm_and_kill_recorded_ends_a_running_qemu() {
     assert_eq!(status.signal(), Some(libc::SIGKILL));
 }
 
+fn thread_priorities(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("QEMU's threads")
+        .map(|t| {
+            let tid: u32 =
+                t.expect("task").file_name().to_str().expect("tid").parse().expect("tid");
+            mesh_qemu::priority(tid).expect("getpriority")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_niced_qemu_has_every_thread_niced_until_set_back() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let spec = spec(dir.path(), vec![], vec![]);
+    let command = paused(spec.command().expect("valid spec"));
+    let mut process =
+        QemuProcess::spawn_niced(&command, None, &dir.path().join("qemu.log"), 7).expect("spawn");
+    // Once QMP answers, QEMU's vCPU and I/O threads exist.
+    let qmp = connect(&process, &spec).await;
+    let before = thread_priorities(process.pid());
+    assert!(before.len() > 1, "QEMU runs several threads: {before:?}");
+    assert!(before.iter().all(|&n| n == 7), "{before:?}");
+    mesh_qemu::set_priority(process.pid(), 0).expect("renice");
+    let after = thread_priorities(process.pid());
+    assert!(after.iter().all(|&n| n == 0), "{after:?}");
+    timeout(LIMIT, process.stop(Some(&qmp), Duration::from_millis(100)))
+        .await
+        .expect("no hang")
+        .expect("stop");
+}
+
 #[tokio::test]
 async fn spawn_reports_a_missing_namespace_and_a_missing_program() {
     let dir = tempfile::tempdir().expect("a temporary directory");
