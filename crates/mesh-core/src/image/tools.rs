@@ -90,6 +90,10 @@ pub(crate) fn run(command: &mut Command) -> Result<Vec<u8>, ImageError> {
 
 /// Runs a long command with its output going to `log`, while its lines are relayed to the
 /// debug log. On failure the error names the log file.
+// FIXME: a caller killed on its own (`kill PID` rather than Ctrl-C, which reaches the whole
+// process group) leaves mmdebstrap and its apt/dpkg children running into the staging
+// directory until they finish; the next build removes that directory. Matters when a build is
+// stopped from another terminal; needs the build's process group killed on SIGTERM.
 pub(crate) fn run_logged(command: &mut Command, log: &Path) -> Result<(), ImageError> {
     let line = describe(command);
     tracing::debug!(command = %line, log = %log.display(), "running");
