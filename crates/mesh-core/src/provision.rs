@@ -25,6 +25,30 @@ const READY_UNIT: &str = "/etc/systemd/system/vmmesh-ready.service";
 /// cloud-init runs this on every boot, from within cloud-final.
 const READY_PER_BOOT: &str = "/var/lib/cloud/scripts/per-boot/vmmesh-ready";
 
+/// The init-stage modules our seed relies on: files, disk growth (an overlay may be larger
+/// than its base), hostname and hosts file, SSH keys.
+const INIT_MODULES: &[&str] = &[
+    "write-files",
+    "growpart",
+    "resizefs",
+    "set_hostname",
+    "update_hostname",
+    "update_etc_hosts",
+    "ssh",
+];
+
+/// The later modules our seed relies on: the repository copy (`runcmd`, run by
+/// `scripts-user`), the readiness script (`scripts-per-boot`), the other script directories,
+/// and the final message on the console.
+const FINAL_MODULES: &[&str] = &[
+    "runcmd",
+    "scripts-per-once",
+    "scripts-per-boot",
+    "scripts-per-instance",
+    "scripts-user",
+    "final-message",
+];
+
 /// Shell lines that set `status` to `done`, `error` or `unknown` from cloud-init's result file
 /// `$r` (JSON whose `v1.errors` lists every stage's errors), the words `cloud-init status`
 /// prints.
@@ -98,11 +122,9 @@ pub fn node_seed(
     config.ssh_keys.ed25519_private = Some(host_key.private_text()?);
     config.ssh_keys.ed25519_public = Some(host_key.public.clone());
     config.extra.insert("ssh_authorized_keys".into(), serde_json::json!([client.public]));
-    // Only our pinned key: generating RSA/ECDSA keys under TCG costs seconds and adds nothing.
-    config.extra.insert("ssh_genkeytypes".into(), serde_json::json!([]));
-    // Nodes are used as root with the mesh's key; the image's default user (`debian`) would
-    // only cost a useradd and group edits under emulation. A node's own `users` replaces this.
-    config.extra.insert("users".into(), serde_json::json!([]));
+    // With `ssh_keys` given, cloud-init installs them and generates no other host keys
+    // (RSA/ECDSA generation would cost seconds under TCG). With our module lists (below), the
+    // image's default user (`debian`) is not created either: nodes are used as root.
     config.extra.insert("ssh_deletekeys".into(), serde_json::json!(true));
     config.write_files.push(WriteFile {
         path: READY_SCRIPT.into(),
@@ -130,9 +152,24 @@ pub fn node_seed(
         permissions: Some("0755".into()),
         ..WriteFile::default()
     });
-    if let Some(serde_json::Value::Object(extra)) = &node.cloud_config {
-        for (k, v) in extra {
-            config.extra.insert(k.clone(), v.clone());
+    match &node.cloud_config {
+        Some(serde_json::Value::Object(extra)) if !extra.is_empty() => {
+            for (k, v) in extra {
+                config.extra.insert(k.clone(), v.clone());
+            }
+        }
+        // With nothing but our own settings, cloud-init runs only the modules they need:
+        // every module it runs is imported and set up in emulated Python, a tenth of a second
+        // to half a second each. A node's own cloud-config may need any module, so it keeps
+        // the image's lists.
+        _ => {
+            for (key, modules) in [
+                ("cloud_init_modules", INIT_MODULES),
+                ("cloud_config_modules", &[][..]),
+                ("cloud_final_modules", FINAL_MODULES),
+            ] {
+                config.extra.insert(key.into(), serde_json::json!(modules));
+            }
         }
     }
 
@@ -264,5 +301,76 @@ mod tests {
         assert_eq!(status_of(Some("")), "unknown");
         assert_eq!(status_of(None), "unknown");
         assert!(ready_script().contains("r=/run/cloud-init/result.json\nif [ ! -s"));
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+
+    fn user_data(cloud_config: Option<serde_json::Value>) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = crate::keys::ensure_key(&dir.path().join("client"), "c").expect("key");
+        let host = crate::keys::ensure_key(&dir.path().join("host"), "h").expect("key");
+        let spec = crate::MeshSpec::resolve(
+            None,
+            &crate::SpecOverrides { name: Some("t".into()), n_x86: Some(1), ..Default::default() },
+        )
+        .expect("spec");
+        let plan = MeshPlan::with_paths(
+            &spec,
+            crate::MeshPaths { state: dir.path().into(), runtime: dir.path().into() },
+        )
+        .expect("plan");
+        let mut node = plan.nodes[0].clone();
+        node.cloud_config = cloud_config;
+        let seed = node_seed(&plan, &node, &client, &host, None).expect("seed");
+        let files = seed.files();
+        let (_, ud) = files.iter().find(|(n, _)| *n == "user-data").expect("user-data");
+        String::from_utf8(ud.to_vec()).expect("utf-8")
+    }
+
+    fn yaml(text: &str) -> serde_json::Value {
+        serde_saphyr::from_str(text).expect("user-data is YAML")
+    }
+
+    #[test]
+    fn our_own_seed_names_only_the_modules_it_needs() {
+        let ud = yaml(&user_data(None));
+        assert_eq!(ud["cloud_init_modules"], serde_json::json!(INIT_MODULES));
+        assert_eq!(ud["cloud_config_modules"], serde_json::json!([]));
+        assert_eq!(ud["cloud_final_modules"], serde_json::json!(FINAL_MODULES));
+        // What the seed sets must have its module in the lists.
+        assert!(ud["write_files"].is_array() && INIT_MODULES.contains(&"write-files"));
+        assert!(ud["ssh_keys"].is_object() && INIT_MODULES.contains(&"ssh"));
+        assert!(ud["hostname"].is_string() && INIT_MODULES.contains(&"set_hostname"));
+    }
+
+    #[test]
+    fn host_cloud_init_accepts_the_user_data_of_our_seeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, extra) in
+            [("ours", None), ("extra", Some(serde_json::json!({ "packages": ["jq"] })))]
+        {
+            let path = dir.path().join(name);
+            std::fs::write(&path, user_data(extra)).expect("write");
+            let out = std::process::Command::new("cloud-init")
+                .args(["schema", "--config-file"])
+                .arg(&path)
+                .output()
+                .expect("cloud-init (Debian package cloud-init) is needed for this test");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("Valid cloud-config"), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_nodes_own_cloud_config_keeps_the_images_module_lists() {
+        let ud = yaml(&user_data(Some(serde_json::json!({ "packages": ["jq"] }))));
+        assert_eq!(ud["packages"], serde_json::json!(["jq"]));
+        for key in ["cloud_init_modules", "cloud_config_modules", "cloud_final_modules"] {
+            assert!(ud.get(key).is_none(), "{key} set");
+        }
     }
 }
