@@ -123,8 +123,7 @@ pub fn node_seed(
     config.ssh_keys.ed25519_public = Some(host_key.public.clone());
     config.extra.insert("ssh_authorized_keys".into(), serde_json::json!([client.public]));
     // With `ssh_keys` given, cloud-init installs them and generates no other host keys
-    // (RSA/ECDSA generation would cost seconds under TCG). With our module lists (below), the
-    // image's default user (`debian`) is not created either: nodes are used as root.
+    // (RSA/ECDSA generation would cost seconds under TCG).
     config.extra.insert("ssh_deletekeys".into(), serde_json::json!(true));
     config.write_files.push(WriteFile {
         path: READY_SCRIPT.into(),
@@ -163,6 +162,11 @@ pub fn node_seed(
         // to half a second each. A node's own cloud-config may need any module, so it keeps
         // the image's lists.
         _ => {
+            // No default user: `users-groups` does not run with these lists, and cloud-init's
+            // SSH module would otherwise try to give the image's default user (never created)
+            // the key first, fail, and skip root as well. (`users: []` is refused by the
+            // schema.)
+            config.extra.insert("users".into(), serde_json::json!(["root"]));
             for (key, modules) in [
                 ("cloud_init_modules", INIT_MODULES),
                 ("cloud_config_modules", &[][..]),
@@ -344,6 +348,10 @@ mod seed_tests {
         assert!(ud["write_files"].is_array() && INIT_MODULES.contains(&"write-files"));
         assert!(ud["ssh_keys"].is_object() && INIT_MODULES.contains(&"ssh"));
         assert!(ud["hostname"].is_string() && INIT_MODULES.contains(&"set_hostname"));
+        // Regression: without users-groups, a default user in `users` (the image's, when the
+        // key is absent) made the SSH module fail before it gave root the mesh's key.
+        assert_eq!(ud["users"], serde_json::json!(["root"]));
+        assert!(ud["ssh_authorized_keys"].is_array() && ud["disable_root"] == false);
     }
 
     #[test]
