@@ -66,6 +66,7 @@
 //! ```
 
 mod bench;
+mod catalog;
 mod names;
 mod raw;
 mod susp;

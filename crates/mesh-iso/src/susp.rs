@@ -1,6 +1,9 @@
 //! System Use Sharing Protocol (SUSP, IEEE P1281) and Rock Ridge (RRIP, IEEE P1282)
 //! entries, and the packing of entries into a directory record plus continuation areas.
 
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+
 use crate::raw::{both_u32, SECTOR};
 
 /// Length of a CE (continuation area) entry.
@@ -181,31 +184,81 @@ pub(crate) fn pl(lba: u32) -> Vec<u8> {
     e
 }
 
+/// Bytes of continuation areas kept in memory before they go to a temporary file.
+const SPILL_AT: usize = 1 << 20;
+
 /// The continuation areas of one image: a byte region of whole sectors written after the
 /// primary directories. An area never crosses a sector boundary (Linux reads each one
 /// from a single block).
+///
+/// Areas are only ever appended, so what is already packed is final: while measuring it is
+/// dropped as soon as it is counted ([`drop_written`](Self::drop_written)), and while
+/// writing it goes to a temporary file once it grows large
+/// ([`spill_written`](Self::spill_written)), so a tree with many long names or long link
+/// targets does not hold them all in memory.
 #[derive(Debug)]
 pub(crate) struct ContinuationAreas {
     /// First block of the region (0 while sizes are being measured).
     base_lba: u32,
+    /// Bytes of the region no longer in `bytes`.
+    moved: usize,
+    /// The region from byte `moved` on.
     bytes: Vec<u8>,
+    /// Where the moved bytes went, if they were kept.
+    spill: Option<File>,
 }
 
 impl ContinuationAreas {
     pub(crate) fn new(base_lba: u32) -> Self {
-        ContinuationAreas { base_lba, bytes: Vec::new() }
+        ContinuationAreas { base_lba, moved: 0, bytes: Vec::new(), spill: None }
     }
 
     /// Number of sectors used so far.
     pub(crate) fn sectors(&self) -> u32 {
-        self.bytes.len().div_ceil(SECTOR) as u32
+        (self.moved + self.bytes.len()).div_ceil(SECTOR) as u32
     }
 
-    /// The region padded to whole sectors.
-    pub(crate) fn into_bytes(mut self) -> Vec<u8> {
-        let len = self.sectors() as usize * SECTOR;
+    /// Forgets the bytes packed so far, keeping their count: for measuring.
+    pub(crate) fn drop_written(&mut self) {
+        self.moved += self.bytes.len();
+        self.bytes.clear();
+    }
+
+    /// Moves the bytes packed so far to a temporary file if they take much memory.
+    pub(crate) fn spill_written(&mut self) -> io::Result<()> {
+        if self.bytes.len() < SPILL_AT {
+            return Ok(());
+        }
+        let file = match &mut self.spill {
+            Some(f) => f,
+            None => self.spill.insert(tempfile::tempfile()?),
+        };
+        file.write_all(&self.bytes)?;
+        self.drop_written();
+        Ok(())
+    }
+
+    /// The whole region: the spilled part (rewound), then the rest padded to whole sectors.
+    pub(crate) fn into_parts(mut self) -> io::Result<(Option<File>, Vec<u8>)> {
+        let len = self.sectors() as usize * SECTOR - self.moved;
         self.bytes.resize(len, 0);
-        self.bytes
+        if let Some(file) = &mut self.spill {
+            file.seek(SeekFrom::Start(0))?;
+        }
+        Ok((self.spill, self.bytes))
+    }
+
+    /// The whole region in memory.
+    #[cfg(test)]
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        use std::io::Read;
+        let (spill, tail) = self.into_parts().expect("rewind");
+        let mut all = Vec::new();
+        if let Some(mut f) = spill {
+            f.read_to_end(&mut all).expect("read spill");
+        }
+        all.extend(tail);
+        all
     }
 
     /// Packs `entries` into a directory record's system use field of `avail` bytes,
@@ -245,7 +298,7 @@ impl ContinuationAreas {
 
         // Positions first: a CE must know where, and how long, the next area is.
         let mut positions = Vec::with_capacity(chunks.len());
-        let mut pos = self.bytes.len();
+        let mut pos = self.moved + self.bytes.len();
         for (i, chunk) in chunks.iter().enumerate() {
             let len = chunk.len() + if i + 1 < chunks.len() { CE_LEN } else { 0 };
             if pos % SECTOR + len > SECTOR {
@@ -257,7 +310,7 @@ impl ContinuationAreas {
 
         for (i, chunk) in chunks.iter().enumerate() {
             let (at, _) = positions[i];
-            self.bytes.resize(at, 0);
+            self.bytes.resize(at - self.moved, 0);
             self.bytes.extend_from_slice(chunk);
             if let Some(&(next, next_len)) = positions.get(i + 1) {
                 let (lba, offset) = self.locate(next);
