@@ -1,7 +1,7 @@
 //! Mapping of POSIX names to the identifiers of the primary volume (ISO 9660 level 1:
 //! d-characters, 8.3) and of the Joliet volume (UCS-2, at most 64 characters).
 
-use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 
 /// Longest Joliet identifier, in UCS-2 characters.
 pub(crate) const JOLIET_MAX_CHARS: usize = 64;
@@ -9,7 +9,7 @@ pub(crate) const JOLIET_MAX_CHARS: usize = 64;
 /// An ASCII string of at most `N` bytes stored inline, so the name of every entry of a
 /// large tree costs no allocation. Ordered by its bytes, shorter first on a common prefix,
 /// which is the ECMA-119 order for space-padded d-characters.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Short<const N: usize> {
     buf: [u8; N],
     len: u8,
@@ -33,6 +33,7 @@ impl<const N: usize> Short<N> {
         usize::from(self.len)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -46,7 +47,8 @@ impl<const N: usize> PartialOrd for Short<N> {
 
 impl<const N: usize> Ord for Short<N> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        // Bytes compare like the ASCII strings they hold.
+        self.buf[..usize::from(self.len)].cmp(&other.buf[..usize::from(other.len)])
     }
 }
 
@@ -70,15 +72,55 @@ pub(crate) struct PrimaryName {
 impl PrimaryName {
     /// The file identifier as recorded: `BASE.EXT;1` for files, `BASE` for directories.
     pub(crate) fn identifier(&self) -> Vec<u8> {
-        if self.is_dir {
-            self.base.as_str().as_bytes().to_vec()
-        } else {
-            format!("{}.{};1", self.base.as_str(), self.ext.as_str()).into_bytes()
+        let mut id = Vec::with_capacity(self.base.len() + self.ext.len() + 3);
+        id.extend_from_slice(self.base.as_str().as_bytes());
+        if !self.is_dir {
+            id.push(b'.');
+            id.extend_from_slice(self.ext.as_str().as_bytes());
+            id.extend_from_slice(b";1");
         }
+        id
+    }
+
+    /// What `visible` is made of, without building the string: two names
+    /// show the same exactly when their keys are equal (d-characters hold no `.`).
+    fn visible_key(&self) -> u128 {
+        // Both parts are zero-padded and d-characters are never zero, so the padded bytes
+        // side by side identify the pair.
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.base.buf);
+        key[8..11].copy_from_slice(&self.ext.buf);
+        u128::from_le_bytes(key)
+    }
+
+    /// This name with its name part cut to make room for `_n`.
+    fn with_suffix(&self, n: u32) -> PrimaryName {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut rest = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let digits = &digits[at..];
+        let keep = self.base.len().min(8usize.saturating_sub(1 + digits.len()));
+        let mut base = [0u8; 8];
+        base[..keep].copy_from_slice(&self.base.buf[..keep]);
+        let mut len = keep;
+        for &b in std::iter::once(&b'_').chain(digits).take(8 - keep) {
+            base[len] = b;
+            len += 1;
+        }
+        PrimaryName { base: Short { buf: base, len: len as u8 }, ..*self }
     }
 
     /// The name a reader that strips versions and trailing dots shows (Linux with `norock`
     /// shows `BASE.EXT` or `BASE`); two entries of a directory must never share it.
+    #[cfg(test)]
     pub(crate) fn visible(&self) -> String {
         if self.ext.is_empty() {
             self.base.as_str().to_owned()
@@ -126,26 +168,29 @@ pub(crate) fn primary_natural(name: &str, is_dir: bool) -> PrimaryName {
 pub(crate) fn assign_primary(entries: &[(&str, bool)]) -> Vec<PrimaryName> {
     let natural: Vec<PrimaryName> =
         entries.iter().map(|(name, is_dir)| primary_natural(name, *is_dir)).collect();
-    let mut taken: BTreeSet<String> = natural.iter().map(PrimaryName::visible).collect();
-    let mut claimed = BTreeSet::new();
+    let mut taken: HashSet<u128> = natural.iter().map(PrimaryName::visible_key).collect();
+    let mut claimed = HashSet::with_capacity(natural.len());
+    // The last suffix handed to each natural name. Every smaller one was taken when tried,
+    // and `taken` only grows, so the search for the next holder resumes there: the same
+    // names as starting from `_1` each time, without the quadratic cost in a directory of
+    // many names that agree on their first eight characters.
+    let mut last_suffix: HashMap<u128, u32> = HashMap::new();
 
     natural
         .into_iter()
         .map(|name| {
-            if claimed.insert(name.visible()) {
+            let key = name.visible_key();
+            if claimed.insert(key) {
                 return name;
             }
-            let mut n = 1u32;
+            let n = last_suffix.entry(key).or_insert(0);
             loop {
-                let suffix = format!("_{n}");
-                let keep = 8 - suffix.len();
-                let base = format!("{}{suffix}", &name.base.as_str()[..name.base.len().min(keep)]);
-                let candidate = PrimaryName { base: Short::new(&base), ..name };
-                if taken.insert(candidate.visible()) {
-                    claimed.insert(candidate.visible());
+                *n += 1;
+                let candidate = name.with_suffix(*n);
+                if taken.insert(candidate.visible_key()) {
+                    claimed.insert(candidate.visible_key());
                     return candidate;
                 }
-                n += 1;
             }
         })
         .collect()
@@ -186,6 +231,7 @@ pub(crate) fn joliet_name(name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn id(name: &str, is_dir: bool) -> String {
         String::from_utf8(primary_natural(name, is_dir).identifier()).expect("ascii")
@@ -233,6 +279,60 @@ mod tests {
         let names = assign_primary(&[("foo", true), ("foo", false), ("FOO.", false)]);
         let shown: BTreeSet<String> = names.iter().map(PrimaryName::visible).collect();
         assert_eq!(shown.len(), 3, "{names:?}");
+    }
+
+    /// The plain search (`_1`, `_2`, ... for every collider, built with `format!`) that
+    /// `assign_primary` must agree with.
+    fn assign_primary_reference(entries: &[(&str, bool)]) -> Vec<PrimaryName> {
+        let natural: Vec<PrimaryName> =
+            entries.iter().map(|(name, is_dir)| primary_natural(name, *is_dir)).collect();
+        let mut taken: BTreeSet<String> = natural.iter().map(PrimaryName::visible).collect();
+        let mut claimed = BTreeSet::new();
+        natural
+            .into_iter()
+            .map(|name| {
+                if claimed.insert(name.visible()) {
+                    return name;
+                }
+                let mut n = 1u32;
+                loop {
+                    let suffix = format!("_{n}");
+                    let keep = 8 - suffix.len();
+                    let base =
+                        format!("{}{suffix}", &name.base.as_str()[..name.base.len().min(keep)]);
+                    let candidate = PrimaryName { base: Short::new(&base), ..name };
+                    if taken.insert(candidate.visible()) {
+                        claimed.insert(candidate.visible());
+                        return candidate;
+                    }
+                    n += 1;
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resumed_suffix_search_gives_the_names_of_the_plain_search() {
+        let mut owned: Vec<(String, bool)> = Vec::new();
+        for i in 0..300 {
+            owned.push((format!("same-prefix-{i}.log"), false));
+            owned.push((format!("SAME_PR_{}.LOG", i % 37), false));
+            owned.push((format!("same-pre{}", i % 13), i % 2 == 0));
+            owned.push((format!("x{i}"), false));
+            owned.push((format!("shorter{}.c", i % 150), false));
+        }
+        owned.push(("SAME_P_1.LOG".to_owned(), false));
+        let entries: Vec<(&str, bool)> = owned.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        assert_eq!(assign_primary(&entries), assign_primary_reference(&entries));
+        for n in [1, 9, 10, 99, 100, 123_456, 9_999_999] {
+            let name = primary_natural("abcdefghij.txt", false);
+            let expected = {
+                let suffix = format!("_{n}");
+                format!("{}{suffix}", &"ABCDEFGH"[..8 - suffix.len()])
+            };
+            assert_eq!(name.with_suffix(n).base.as_str(), expected);
+        }
+        assert_eq!(primary_natural("ab", true).with_suffix(12).base.as_str(), "AB_12");
     }
 
     #[test]
