@@ -125,21 +125,29 @@ pub(crate) struct Record<'r> {
     pub attrs: Attrs,
 }
 
-/// A run read back: the disk directory it came from and its records.
+/// A run read back and checked: the disk directory it came from and its records.
 #[derive(Debug)]
 pub(crate) struct RunReader {
     buf: Vec<u8>,
-    /// Where the records start, after the header.
-    start: usize,
     disk_dir: PathBuf,
+    /// Where each record starts in `buf`.
+    records: Vec<u32>,
 }
 
 impl RunReader {
     fn new(buf: Vec<u8>) -> io::Result<Self> {
+        if u32::try_from(buf.len()).is_err() {
+            // Some 60 million entries in one directory.
+            return Err(io::Error::other("a directory's records exceed 4 GiB"));
+        }
         let mut at = 0;
-        let dir = take_bytes(&buf, &mut at)?;
-        let disk_dir = PathBuf::from(std::ffi::OsStr::from_bytes(dir));
-        Ok(RunReader { start: at, buf, disk_dir })
+        let disk_dir = PathBuf::from(std::ffi::OsStr::from_bytes(take_bytes(&buf, &mut at)?));
+        let mut records = Vec::new();
+        while at < buf.len() {
+            records.push(at as u32);
+            decode(&buf, &mut at)?;
+        }
+        Ok(RunReader { buf, disk_dir, records })
     }
 
     /// The disk directory holding the run's entries.
@@ -147,20 +155,23 @@ impl RunReader {
         &self.disk_dir
     }
 
-    /// The records in the order they were written (by name).
-    pub(crate) fn records(&self) -> impl Iterator<Item = io::Result<Record<'_>>> + '_ {
-        let mut at = self.start;
-        std::iter::from_fn(move || {
-            if at >= self.buf.len() {
-                return None;
-            }
-            let record = decode(&self.buf, &mut at);
-            if record.is_err() {
-                // A damaged run ends the iteration after reporting it once.
-                at = self.buf.len();
-            }
-            Some(record)
-        })
+    /// The number of records.
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Record `i`, in the order they were written (by name).
+    pub(crate) fn record(&self, i: usize) -> Record<'_> {
+        let mut at = self.records[i] as usize;
+        decode(&self.buf, &mut at).expect("records are checked when the run is read")
+    }
+
+    /// The name of record `i`.
+    pub(crate) fn name(&self, i: usize) -> &str {
+        let mut at = self.records[i] as usize + 1;
+        take_bytes(&self.buf, &mut at)
+            .and_then(utf8)
+            .expect("records are checked when the run is read")
     }
 }
 
@@ -226,12 +237,12 @@ mod tests {
 
         let back = catalog.read(two).expect("read");
         assert_eq!(back.disk_dir(), Path::new("/other"));
-        let records: Vec<Record<'_>> = back.records().collect::<io::Result<_>>().expect("ok");
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].name, "données");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back.name(0), "données");
 
         let back = catalog.read(one).expect("read");
-        let records: Vec<Record<'_>> = back.records().collect::<io::Result<_>>().expect("ok");
+        assert_eq!((back.name(0), back.name(1)), ("a.txt", "link"));
+        let records: Vec<Record<'_>> = (0..back.len()).map(|i| back.record(i)).collect();
         assert_eq!(
             records,
             [
@@ -250,13 +261,15 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_run_is_an_error_not_a_panic() {
+    fn a_damaged_run_is_an_error_when_read_not_a_panic_later() {
         let mut run = RunWriter::new(Path::new("/d"));
         run.file("f", 1, &attrs(1));
         let cut = run.buf[..run.buf.len() - 3].to_vec();
-        let reader = RunReader::new(cut).expect("header intact");
-        let results: Vec<_> = reader.records().collect();
-        assert_eq!(results.len(), 1);
-        assert!(results[0].is_err());
+        let err = RunReader::new(cut).expect_err("truncated record");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut bad_name = run.buf.clone();
+        let name_at = bad_name.len() - 8 - 8 - 16 - 1;
+        bad_name[name_at] = 0xff;
+        assert!(RunReader::new(bad_name).is_err());
     }
 }

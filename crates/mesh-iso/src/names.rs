@@ -196,12 +196,20 @@ pub(crate) fn assign_primary(entries: &[(&str, bool)]) -> Vec<PrimaryName> {
         .collect()
 }
 
-/// The Joliet identifier (UCS-2 big-endian bytes) for `name`.
+/// The Joliet identifier of `name`, in a vector of its own.
+#[cfg(test)]
+pub(crate) fn joliet_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    joliet_name_into(name, &mut out);
+    out
+}
+
+/// Appends the Joliet identifier (UCS-2 big-endian bytes) of `name` to `out`.
 ///
 /// Characters Joliet forbids (controls, `* / : ; ? \`) and characters outside the Basic
 /// Multilingual Plane become `_`. Names longer than 64 characters are cut; a short
 /// extension (up to 16 characters with its dot) is kept.
-pub(crate) fn joliet_name(name: &str) -> Vec<u8> {
+fn joliet_name_into(name: &str, out: &mut Vec<u8>) {
     let units: Vec<u16> = name
         .chars()
         .map(|c| match c {
@@ -225,7 +233,67 @@ pub(crate) fn joliet_name(name: &str) -> Vec<u8> {
             _ => units[..JOLIET_MAX_CHARS].to_vec(),
         }
     };
-    cut.iter().flat_map(|u| u.to_be_bytes()).collect()
+    out.extend(cut.iter().flat_map(|u| u.to_be_bytes()));
+}
+
+/// The Joliet identifiers of entries of one directory, kept in one buffer so that sorting
+/// a directory of any size takes no allocation per entry.
+#[derive(Debug)]
+pub(crate) struct JolietIdents {
+    bytes: Vec<u8>,
+    /// Per entry: its identifier's range in `bytes` and the entry's index, sorted by
+    /// identifier, then index.
+    order: Vec<(u32, u32, usize)>,
+}
+
+impl JolietIdents {
+    /// The identifiers of `entries` (indexes, in name order) whose names `name` gives.
+    pub(crate) fn new<'n>(
+        entries: impl Iterator<Item = usize>,
+        name: impl Fn(usize) -> &'n str,
+    ) -> Self {
+        let mut bytes = Vec::new();
+        let mut order = Vec::new();
+        for i in entries {
+            let start = bytes.len() as u32;
+            joliet_name_into(name(i), &mut bytes);
+            order.push((start, bytes.len() as u32, i));
+        }
+        let ident = |&(start, end, _): &(u32, u32, usize)| &bytes[start as usize..end as usize];
+        order.sort_unstable_by(|a, b| ident(a).cmp(ident(b)).then(a.2.cmp(&b.2)));
+        JolietIdents { bytes, order }
+    }
+
+    fn ident(&self, k: usize) -> &[u8] {
+        let (start, end, _) = self.order[k];
+        &self.bytes[start as usize..end as usize]
+    }
+
+    /// Identifiers and entry indexes in identifier order.
+    pub(crate) fn sorted(&self) -> impl Iterator<Item = (&[u8], usize)> + '_ {
+        (0..self.order.len()).map(|k| (self.ident(k), self.order[k].2))
+    }
+
+    /// Two entries with the same identifier, if any: the earliest entry (in name order)
+    /// whose identifier an earlier one already has, and that earlier one.
+    pub(crate) fn first_collision(&self) -> Option<(usize, usize)> {
+        let mut found: Option<(usize, usize)> = None;
+        let mut k = 0;
+        while k < self.order.len() {
+            let mut end = k + 1;
+            while end < self.order.len() && self.ident(end) == self.ident(k) {
+                end += 1;
+            }
+            if end - k > 1 {
+                let pair = (self.order[k].2, self.order[k + 1].2);
+                if found.is_none_or(|f| pair.1 < f.1) {
+                    found = Some(pair);
+                }
+            }
+            k = end;
+        }
+        found
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +427,18 @@ mod tests {
         assert_eq!(joliet("smile😀"), "smile_");
         let exact = "x".repeat(64);
         assert_eq!(joliet(&exact), exact);
+    }
+
+    #[test]
+    fn joliet_identifiers_sort_and_report_the_first_collision_in_name_order() {
+        let names = ["b?x", "a", "b:x", "c", "a*y", "a:y", "b*x"];
+        let idents = JolietIdents::new(0..names.len(), |i| names[i]);
+        let sorted: Vec<usize> = idents.sorted().map(|(_, i)| i).collect();
+        assert_eq!(sorted, [1, 4, 5, 0, 2, 6, 3]);
+        // Walking in name order, "b:x" (2) is the first to repeat an identifier, of "b?x".
+        assert_eq!(idents.first_collision(), Some((0, 2)));
+        let unique = JolietIdents::new([1, 3].into_iter(), |i| names[i]);
+        assert_eq!(unique.first_collision(), None);
     }
 
     #[test]

@@ -191,26 +191,33 @@ const SPILL_AT: usize = 1 << 20;
 /// primary directories. An area never crosses a sector boundary (Linux reads each one
 /// from a single block).
 ///
-/// Areas are only ever appended, so what is already packed is final: while measuring it is
-/// dropped as soon as it is counted ([`drop_written`](Self::drop_written)), and while
-/// writing it goes to a temporary file once it grows large
-/// ([`spill_written`](Self::spill_written)), so a tree with many long names or long link
-/// targets does not hold them all in memory.
+/// Areas are only ever appended, so what is already packed is final and need not stay in
+/// memory: while measuring it is dropped once counted, and while writing it goes to a
+/// temporary file once it grows past 1 MiB, so that a tree with many long names or link
+/// targets does not hold them all.
 #[derive(Debug)]
 pub(crate) struct ContinuationAreas {
     /// First block of the region (0 while sizes are being measured).
     base_lba: u32,
+    /// Only counting: packed bytes are dropped, not kept.
+    measuring: bool,
     /// Bytes of the region no longer in `bytes`.
     moved: usize,
     /// The region from byte `moved` on.
     bytes: Vec<u8>,
-    /// Where the moved bytes went, if they were kept.
+    /// Where the moved bytes went, while writing.
     spill: Option<File>,
 }
 
 impl ContinuationAreas {
+    /// Areas to be written, starting at block `base_lba`.
     pub(crate) fn new(base_lba: u32) -> Self {
-        ContinuationAreas { base_lba, moved: 0, bytes: Vec::new(), spill: None }
+        ContinuationAreas { base_lba, measuring: false, moved: 0, bytes: Vec::new(), spill: None }
+    }
+
+    /// Areas only measured: positions are relative to block 0, bytes are dropped.
+    pub(crate) fn measuring() -> Self {
+        ContinuationAreas { measuring: true, ..ContinuationAreas::new(0) }
     }
 
     /// Number of sectors used so far.
@@ -218,23 +225,20 @@ impl ContinuationAreas {
         (self.moved + self.bytes.len()).div_ceil(SECTOR) as u32
     }
 
-    /// Forgets the bytes packed so far, keeping their count: for measuring.
-    pub(crate) fn drop_written(&mut self) {
-        self.moved += self.bytes.len();
-        self.bytes.clear();
-    }
-
-    /// Moves the bytes packed so far to a temporary file if they take much memory.
-    pub(crate) fn spill_written(&mut self) -> io::Result<()> {
+    /// Moves the bytes packed so far out of memory once they are many.
+    fn release(&mut self) -> io::Result<()> {
         if self.bytes.len() < SPILL_AT {
             return Ok(());
         }
-        let file = match &mut self.spill {
-            Some(f) => f,
-            None => self.spill.insert(tempfile::tempfile()?),
-        };
-        file.write_all(&self.bytes)?;
-        self.drop_written();
+        if !self.measuring {
+            let file = match &mut self.spill {
+                Some(f) => f,
+                None => self.spill.insert(tempfile::tempfile()?),
+            };
+            file.write_all(&self.bytes)?;
+        }
+        self.moved += self.bytes.len();
+        self.bytes.clear();
         Ok(())
     }
 
@@ -262,11 +266,12 @@ impl ContinuationAreas {
     }
 
     /// Packs `entries` into a directory record's system use field of `avail` bytes,
-    /// moving what does not fit into continuation areas; returns the inline bytes.
-    pub(crate) fn pack(&mut self, entries: Vec<Vec<u8>>, avail: usize) -> Vec<u8> {
+    /// moving what does not fit into continuation areas; returns the inline bytes. Fails
+    /// only if the areas cannot be moved to their temporary file.
+    pub(crate) fn pack(&mut self, entries: Vec<Vec<u8>>, avail: usize) -> io::Result<Vec<u8>> {
         let total: usize = entries.iter().map(Vec::len).sum();
         if total <= avail {
-            return entries.concat();
+            return Ok(entries.concat());
         }
 
         let mut inline = Vec::new();
@@ -280,7 +285,8 @@ impl ContinuationAreas {
         }
         let (lba, offset, len) = self.place(rest.collect());
         inline.extend_from_slice(&ce(lba, offset, len));
-        inline
+        self.release()?;
+        Ok(inline)
     }
 
     /// Stores `entries` as a chain of areas (each but the last ending in a CE pointing to
@@ -422,13 +428,13 @@ mod tests {
     #[test]
     fn packing_spills_into_a_continuation_area_within_a_sector() {
         let mut areas = ContinuationAreas::new(100);
-        let small = areas.pack(vec![px(0, 1, 0, 0, 1)], 200);
+        let small = areas.pack(vec![px(0, 1, 0, 0, 1)], 200).expect("in memory");
         assert_eq!(small.len(), 44);
         assert_eq!(areas.sectors(), 0);
 
         let mut entries = vec![px(0, 1, 0, 0, 1), tf(0)];
         entries.extend(nm(&"x".repeat(255)));
-        let inline = areas.pack(entries, 200);
+        let inline = areas.pack(entries, 200).expect("in memory");
         assert_eq!(&inline[..2], b"PX");
         assert_eq!(&inline[44..46], b"TF");
         let ce_entry = &inline[70..];
@@ -443,7 +449,7 @@ mod tests {
     fn long_chains_link_areas_with_ce_entries() {
         let mut areas = ContinuationAreas::new(10);
         let target = (0..20).map(|_| "c".repeat(200)).collect::<Vec<_>>().join("/");
-        let inline = areas.pack(sl(&target), 100);
+        let inline = areas.pack(sl(&target), 100).expect("in memory");
         assert_eq!(&inline[..2], b"CE");
         let bytes = areas.into_bytes();
         assert_eq!(bytes.len() % SECTOR, 0);
@@ -454,5 +460,38 @@ mod tests {
         assert_eq!(&tail[..2], b"CE");
         assert_eq!(&tail[4..8], &11u32.to_le_bytes());
         assert_eq!(&tail[12..16], &0u32.to_le_bytes());
+    }
+
+    #[test]
+    fn areas_past_the_memory_limit_go_to_a_file_and_come_back_whole() {
+        let mut areas = ContinuationAreas::new(1000);
+        let mut measured = ContinuationAreas::measuring();
+        let mut pointers = Vec::new();
+        let mut i = 0;
+        while areas.spill.is_none() || i < 10_000 {
+            let name = format!("{i:0>250}");
+            let entries = || {
+                let mut e = vec![px(0, 1, 0, 0, i), tf(0)];
+                e.extend(nm(&name));
+                e
+            };
+            let inline = areas.pack(entries(), 150).expect("spill file");
+            measured.pack(entries(), 150).expect("no file while measuring");
+            let ce = &inline[inline.len() - CE_LEN..];
+            let field = |at: usize| u32::from_le_bytes(ce[at..at + 4].try_into().expect("4"));
+            pointers.push((field(4), field(12), name));
+            i += 1;
+        }
+        assert!(measured.spill.is_none() && measured.bytes.len() < SPILL_AT);
+        assert_eq!(measured.sectors(), areas.sectors());
+
+        let bytes = areas.into_bytes();
+        assert_eq!(bytes.len() % SECTOR, 0);
+        for (lba, offset, name) in pointers {
+            let at = (lba - 1000) as usize * SECTOR + offset as usize;
+            // The area holds the NM entries: header, flags, then the name.
+            assert_eq!(&bytes[at..at + 2], b"NM");
+            assert_eq!(&bytes[at + 5..at + 5 + 10], &name.as_bytes()[..10]);
+        }
     }
 }

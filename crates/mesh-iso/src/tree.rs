@@ -212,19 +212,19 @@ impl Node {
 }
 
 /// One child of a directory as the writer sees it, whether a node or a catalog record.
-#[derive(Debug, Clone)]
-pub(crate) struct Entry {
-    pub name: String,
-    pub kind: EntryKind,
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'l> {
+    pub name: &'l str,
+    pub kind: EntryKind<'l>,
     pub attrs: Attrs,
 }
 
 /// What a child is.
-#[derive(Debug, Clone)]
-pub(crate) enum EntryKind {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EntryKind<'l> {
     Dir(NodeId),
     File { size: u64, source: FileSource },
-    Symlink { target: String },
+    Symlink { target: &'l str },
 }
 
 /// Where a file's bytes come from.
@@ -232,16 +232,86 @@ pub(crate) enum EntryKind {
 pub(crate) enum FileSource {
     /// A file node (bytes in memory, or a disk path of its own).
     Node(NodeId),
-    /// `Listing::disk_dirs[i]` joined with the entry's name.
+    /// A file of the disk directory of run `i` of the listing.
     Disk(usize),
 }
 
-/// The children of one directory, by name.
-#[derive(Debug, Default)]
-pub(crate) struct Listing {
-    pub entries: Vec<Entry>,
-    /// The disk directories the catalog records came from.
-    pub disk_dirs: Vec<PathBuf>,
+/// Where a child of a listing is described.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// `Listing::nodes[i]`.
+    Node(u32),
+    /// Record `record` of `Listing::runs[run]`.
+    Record { run: u32, record: u32 },
+}
+
+/// The children of one directory, by name, as compact references: a child's name and
+/// attributes are read from its node or its catalog record only when asked for, so a
+/// directory of a million entries costs little more than its records' bytes.
+#[derive(Debug)]
+pub(crate) struct Listing<'t> {
+    /// Children that are nodes, with their names.
+    nodes: Vec<(&'t str, NodeId)>,
+    runs: Vec<RunReader>,
+    slots: Vec<Slot>,
+    /// Each node's attributes, read through `tree`.
+    tree: &'t IsoTree,
+}
+
+impl<'t> Listing<'t> {
+    /// A listing of the given nodes of `tree`, in the given order.
+    pub(crate) fn of_nodes(tree: &'t IsoTree, nodes: Vec<(&'t str, NodeId)>) -> Self {
+        let slots = (0..nodes.len() as u32).map(Slot::Node).collect();
+        Listing { nodes, runs: Vec::new(), slots, tree }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn name(&self, i: usize) -> &str {
+        match self.slots[i] {
+            Slot::Node(n) => self.nodes[n as usize].0,
+            Slot::Record { run, record } => self.runs[run as usize].name(record as usize),
+        }
+    }
+
+    pub(crate) fn entry(&self, i: usize) -> Entry<'_> {
+        match self.slots[i] {
+            Slot::Node(n) => {
+                let (name, id) = self.nodes[n as usize];
+                let node = &self.tree.nodes[id];
+                let kind = match &node.kind {
+                    NodeKind::Dir { .. } => EntryKind::Dir(id),
+                    NodeKind::File { size, .. } => {
+                        EntryKind::File { size: *size, source: FileSource::Node(id) }
+                    }
+                    NodeKind::Symlink { target } => EntryKind::Symlink { target },
+                };
+                Entry { name, kind, attrs: node.attrs }
+            }
+            Slot::Record { run, record } => {
+                let record = self.runs[run as usize].record(record as usize);
+                let kind = match record.kind {
+                    RecordKind::File { size } => {
+                        EntryKind::File { size, source: FileSource::Disk(run as usize) }
+                    }
+                    RecordKind::Symlink { target } => EntryKind::Symlink { target },
+                };
+                Entry { name: record.name, kind, attrs: record.attrs }
+            }
+        }
+    }
+
+    /// The tree the listing's nodes belong to.
+    pub(crate) fn tree(&self) -> &'t IsoTree {
+        self.tree
+    }
+
+    /// The disk directory of the files of run `run`.
+    pub(crate) fn disk_dir(&self, run: usize) -> &Path {
+        self.runs[run].disk_dir()
+    }
 }
 
 /// An in-memory description of an image's content.
@@ -549,27 +619,14 @@ impl IsoTree {
     // Reads the directory's runs each time: adding entries one by one into a large
     // directory described from disk is quadratic, which no caller does.
     fn in_catalog(&self, dir: NodeId, name: &str) -> Result<bool, TreeError> {
-        let read = |source| TreeError::ReadCatalog { source };
-        for run in self.runs(dir).map_err(read)? {
-            for record in run.records() {
-                if record.map_err(read)?.name == name {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
+        let runs = self.runs(dir).map_err(|source| TreeError::ReadCatalog { source })?;
+        Ok(runs.iter().any(|run| (0..run.len()).any(|i| run.name(i) == name)))
     }
 
     /// The names of the catalog entries of directory `dir`.
     fn catalog_names(&self, dir: NodeId) -> Result<HashSet<String>, TreeError> {
-        let read = |source| TreeError::ReadCatalog { source };
-        let mut names = HashSet::new();
-        for run in self.runs(dir).map_err(read)? {
-            for record in run.records() {
-                names.insert(record.map_err(read)?.name.to_owned());
-            }
-        }
-        Ok(names)
+        let runs = self.runs(dir).map_err(|source| TreeError::ReadCatalog { source })?;
+        Ok(runs.iter().flat_map(|run| (0..run.len()).map(|i| run.name(i).to_owned())).collect())
     }
 
     fn child(&self, dir: NodeId, name: &str) -> Option<NodeId> {
@@ -590,46 +647,29 @@ impl IsoTree {
     }
 
     /// The children of directory `dir` (nodes and catalog records alike), by name.
-    pub(crate) fn listing(&self, dir: NodeId) -> io::Result<Listing> {
+    pub(crate) fn listing(&self, dir: NodeId) -> io::Result<Listing<'_>> {
         let NodeKind::Dir { children, .. } = &self.nodes[dir].kind else {
-            return Ok(Listing::default());
+            return Ok(Listing::of_nodes(self, Vec::new()));
         };
-        let runs = self.runs(dir)?;
-        let mut listing = Listing::default();
-        listing.entries.reserve(children.len());
-        for (name, &id) in children {
-            let node = &self.nodes[id];
-            let kind = match &node.kind {
-                NodeKind::Dir { .. } => EntryKind::Dir(id),
-                NodeKind::File { size, .. } => {
-                    EntryKind::File { size: *size, source: FileSource::Node(id) }
-                }
-                NodeKind::Symlink { target } => EntryKind::Symlink { target: target.clone() },
+        let nodes: Vec<(&str, NodeId)> = children.iter().map(|(k, &v)| (k.as_str(), v)).collect();
+        let mut listing = Listing::of_nodes(self, nodes);
+        listing.runs = self.runs(dir)?;
+        let records: usize = listing.runs.iter().map(RunReader::len).sum();
+        listing.slots.reserve_exact(records);
+        for (run, reader) in listing.runs.iter().enumerate() {
+            listing.slots.extend(
+                (0..reader.len() as u32).map(|record| Slot::Record { run: run as u32, record }),
+            );
+        }
+        // Names are unique across nodes and runs, and each part is sorted already.
+        if listing.runs.len() > 1 || (!listing.runs.is_empty() && !listing.nodes.is_empty()) {
+            let mut slots = std::mem::take(&mut listing.slots);
+            let name = |slot: &Slot| match *slot {
+                Slot::Node(n) => listing.nodes[n as usize].0,
+                Slot::Record { run, record } => listing.runs[run as usize].name(record as usize),
             };
-            listing.entries.push(Entry { name: name.clone(), kind, attrs: node.attrs });
-        }
-        for (i, run) in runs.iter().enumerate() {
-            listing.disk_dirs.push(run.disk_dir().to_owned());
-            for record in run.records() {
-                let record = record?;
-                let kind = match record.kind {
-                    RecordKind::File { size } => {
-                        EntryKind::File { size, source: FileSource::Disk(i) }
-                    }
-                    RecordKind::Symlink { target } => {
-                        EntryKind::Symlink { target: target.to_owned() }
-                    }
-                };
-                listing.entries.push(Entry {
-                    name: record.name.to_owned(),
-                    kind,
-                    attrs: record.attrs,
-                });
-            }
-        }
-        // Names are unique across nodes and runs; each part is sorted already.
-        if !children.is_empty() || runs.len() > 1 {
-            listing.entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            slots.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+            listing.slots = slots;
         }
         Ok(listing)
     }

@@ -11,7 +11,6 @@
 //! terminator, path tables, primary directories, Rock Ridge continuation areas, Joliet
 //! directories, file data.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,14 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::names::{assign_primary, joliet_name, PrimaryName};
+use crate::names::{assign_primary, JolietIdents, PrimaryName};
 use crate::raw::{
     self, DirRecord, VolumeFields, VolumeKind, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, MAX_EXTENT,
     SECTOR,
 };
 use crate::susp::{self, ContinuationAreas, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::tree::{
-    join, Attrs, EntryKind, FileData, FileSource, IsoTree, Listing, NodeId, NodeKind,
+    join, Attrs, Entry, EntryKind, FileData, FileSource, IsoTree, Listing, NodeId, NodeKind,
     MAX_DIRECTORIES, ROOT,
 };
 
@@ -362,29 +361,24 @@ impl PDir {
 }
 
 /// What a child of a primary directory is.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum PKind {
     /// A subdirectory at its natural place or, inside `rr_moved`, a relocated one (RE).
     Dir(usize),
     /// The empty file standing for a relocated directory at its logical place (CL).
     Placeholder(usize),
+    /// A regular file whose contents start at block `lba`.
     File {
-        size: u64,
         lba: u32,
-        source: FileSource,
-        attrs: Attrs,
     },
-    Symlink {
-        target: String,
-        attrs: Attrs,
-    },
+    Symlink,
 }
 
 /// A child of a primary directory, named.
 #[derive(Debug)]
 struct PEntry {
-    /// The POSIX name, recorded in NM.
-    name: String,
+    /// Index in the directory's listing; one past its end for `rr_moved` in the root.
+    entry: usize,
     ident: PrimaryName,
     kind: PKind,
 }
@@ -392,10 +386,25 @@ struct PEntry {
 /// The children of one primary directory in identifier order, each file with its first
 /// block once the layout is known.
 #[derive(Debug)]
-struct PListing {
+struct PListing<'t> {
+    listing: Listing<'t>,
     entries: Vec<PEntry>,
-    /// Where `FileSource::Disk` files are.
-    disk_dirs: Vec<PathBuf>,
+}
+
+impl PListing<'_> {
+    /// The POSIX name, recorded in NM.
+    fn name(&self, e: &PEntry) -> &str {
+        if e.entry == self.listing.len() {
+            RR_MOVED
+        } else {
+            self.listing.name(e.entry)
+        }
+    }
+
+    /// The tree entry behind a file or symbolic link.
+    fn entry(&self, e: &PEntry) -> Entry<'_> {
+        self.listing.entry(e.entry)
+    }
 }
 
 /// A directory of the Joliet hierarchy.
@@ -466,7 +475,7 @@ impl<'a> Plan<'a> {
         self.pdirs.iter().map(|d| d.files).sum()
     }
 
-    fn listing(&self, node: NodeId) -> Result<Listing, WriteError> {
+    fn listing(&self, node: NodeId) -> Result<Listing<'a>, WriteError> {
         self.tree.listing(node).map_err(|source| WriteError::ReadCatalog { source })
     }
 
@@ -483,15 +492,16 @@ impl<'a> Plan<'a> {
             let node = dirs[d].node.expect("only tree directories are queued");
             let listing = self.listing(node)?;
             // Per entry, the primary directory it becomes at its natural place.
-            let mut natural = Vec::with_capacity(listing.entries.len());
-            for entry in &listing.entries {
-                let path = || join(&self.tree.path_of(node), &entry.name);
-                natural.push(match &entry.kind {
+            let mut natural = Vec::with_capacity(listing.len());
+            for i in 0..listing.len() {
+                let entry = listing.entry(i);
+                let path = || join(&self.tree.path_of(node), entry.name);
+                natural.push(match entry.kind {
                     EntryKind::Dir(child) if dirs[d].level < MAX_LEVEL => {
                         let level = dirs[d].level + 1;
-                        dirs.push(PDir::new(Some(*child), level, d));
+                        dirs.push(PDir::new(Some(child), level, d));
                         let x = dirs.len() - 1;
-                        self.pdir_of[*child] = x;
+                        self.pdir_of[child] = x;
                         pending.push(x);
                         Some(x)
                     }
@@ -500,13 +510,13 @@ impl<'a> Plan<'a> {
                             dirs.push(PDir::new(None, 2, 0));
                             dirs.len() - 1
                         });
-                        let mut relocated = PDir::new(Some(*child), 3, moved);
+                        let mut relocated = PDir::new(Some(child), 3, moved);
                         relocated.logical_parent = Some(d);
                         dirs.push(relocated);
                         let r = dirs.len() - 1;
-                        self.pdir_of[*child] = r;
+                        self.pdir_of[child] = r;
                         pending.push(r);
-                        self.relocated.push((entry.name.clone(), r));
+                        self.relocated.push((entry.name.to_owned(), r));
                         None
                     }
                     EntryKind::Dir(_) => {
@@ -523,29 +533,32 @@ impl<'a> Plan<'a> {
                     }
                 });
             }
-            let children: Vec<(String, Option<usize>)> =
-                listing.entries.into_iter().map(|e| e.name).zip(natural).collect();
             if d == 0 {
                 // Named last: `rr_moved` joins the root once the whole tree has been seen.
-                root_children = Some(children);
+                root_children = Some((listing, natural));
             } else {
+                let children: Vec<(&str, Option<usize>)> =
+                    (0..listing.len()).map(|i| (listing.name(i), natural[i])).collect();
                 name_subdirs(&mut dirs, d, &children);
             }
         }
 
-        let mut root_children = root_children.expect("the root is listed first");
+        let (root_listing, root_natural) = root_children.expect("the root is listed first");
+        let mut root_children: Vec<(&str, Option<usize>)> =
+            (0..root_listing.len()).map(|i| (root_listing.name(i), root_natural[i])).collect();
         if let Some(moved) = self.rr_moved {
-            if root_children.iter().any(|(name, _)| name == RR_MOVED) {
+            if root_children.iter().any(|&(name, _)| name == RR_MOVED) {
                 // FIXME: pick another name when the tree already has `rr_moved` at its
                 // root; only matters for trees that are both deep and contain that name.
                 return Err(WriteError::ReserveRelocationDir { path: RR_MOVED.to_owned() });
             }
-            root_children.push((RR_MOVED.to_owned(), Some(moved)));
-            let relocated: Vec<(String, Option<usize>)> =
-                self.relocated.iter().map(|(name, r)| (name.clone(), Some(*r))).collect();
+            root_children.push((RR_MOVED, Some(moved)));
+            let relocated: Vec<(&str, Option<usize>)> =
+                self.relocated.iter().map(|(name, r)| (name.as_str(), Some(*r))).collect();
             name_subdirs(&mut dirs, moved, &relocated);
         }
         name_subdirs(&mut dirs, 0, &root_children);
+        drop(root_children);
 
         // Path table order: breadth first, children in identifier order.
         let mut order = vec![0usize];
@@ -592,31 +605,24 @@ impl<'a> Plan<'a> {
         while j < dirs.len() {
             let node = dirs[j].node;
             let listing = self.listing(node)?;
-            let mut seen: HashMap<Vec<u8>, &str> = HashMap::new();
-            let mut subdirs = Vec::new();
-            for entry in &listing.entries {
-                let child = match entry.kind {
-                    EntryKind::Dir(child) => Some(child),
-                    EntryKind::File { .. } => None,
-                    EntryKind::Symlink { .. } => continue,
-                };
-                let ident = joliet_name(&entry.name);
-                if let Some(first) = seen.insert(ident.clone(), &entry.name) {
-                    let dir = self.tree.path_of(node);
-                    return Err(WriteError::MapJolietName {
-                        first: join(&dir, first),
-                        second: join(&dir, &entry.name),
-                    });
-                }
-                if let Some(child) = child {
-                    subdirs.push((ident, child));
-                }
+            let idents = JolietIdents::new(
+                (0..listing.len())
+                    .filter(|&i| !matches!(listing.entry(i).kind, EntryKind::Symlink { .. })),
+                |i| listing.name(i),
+            );
+            if let Some((first, second)) = idents.first_collision() {
+                let dir = self.tree.path_of(node);
+                return Err(WriteError::MapJolietName {
+                    first: join(&dir, listing.name(first)),
+                    second: join(&dir, listing.name(second)),
+                });
             }
-            subdirs.sort_unstable();
-            for (ident, child) in subdirs {
-                self.jdir_of[child] = dirs.len();
-                let ident = ident.into_boxed_slice();
-                dirs.push(JDir { node: child, parent: j, ident, lba: 0, size: 0 });
+            for (ident, i) in idents.sorted() {
+                if let EntryKind::Dir(child) = listing.entry(i).kind {
+                    self.jdir_of[child] = dirs.len();
+                    let ident = ident.to_vec().into_boxed_slice();
+                    dirs.push(JDir { node: child, parent: j, ident, lba: 0, size: 0 });
+                }
             }
             j += 1;
         }
@@ -630,16 +636,14 @@ impl<'a> Plan<'a> {
     /// Assigns every block: measures directory extents and continuation areas, then places
     /// them and the files.
     fn lay_out(&mut self) -> Result<(), WriteError> {
-        let mut ce = ContinuationAreas::new(0);
+        let mut ce = ContinuationAreas::measuring();
+        let mut measure = |_: &[u8]| Ok(());
         for p in 0..self.pdirs.len() {
-            let bytes = self.primary_dir(p, &mut ce)?;
-            self.pdirs[p].size = bytes.len() as u32;
-            ce.drop_written();
+            self.pdirs[p].size = self.primary_dir(p, &mut ce, &mut measure)?;
         }
         let ce_sectors = ce.sectors();
         for j in 0..self.jdirs.len() {
-            let bytes = self.joliet_dir(j)?;
-            self.jdirs[j].size = bytes.len() as u32;
+            self.jdirs[j].size = self.joliet_dir(j, &mut measure)?;
         }
         self.path_table_size = self.primary_path_table(false).len() as u32;
         self.joliet_path_table_size =
@@ -716,23 +720,20 @@ impl<'a> Plan<'a> {
         let mut ce = ContinuationAreas::new(self.ce_lba);
         for p in 0..self.pdirs.len() {
             debug_assert_eq!(sink.written, u64::from(self.pdirs[p].lba) * SECTOR as u64);
-            sink.put(&self.primary_dir(p, &mut ce)?)?;
-            ce.spill_written().map_err(|source| WriteError::SpillContinuationAreas { source })?;
+            self.primary_dir(p, &mut ce, &mut |sector| sink.put(sector))?;
         }
         debug_assert_eq!(sink.written, u64::from(self.ce_lba) * SECTOR as u64);
         sink.continuation_areas(ce)?;
         for j in 0..self.jdirs.len() {
             debug_assert_eq!(sink.written, u64::from(self.jdirs[j].lba) * SECTOR as u64);
-            sink.put(&self.joliet_dir(j)?)?;
+            self.joliet_dir(j, &mut |sector| sink.put(sector))?;
         }
 
         for p in (0..self.pdirs.len()).filter(|&p| self.pdirs[p].files > 0) {
             debug_assert_eq!(sink.written, u64::from(self.pdirs[p].data_lba) * SECTOR as u64);
             let listing = self.primary_listing(p)?;
-            for entry in &listing.entries {
-                if let PKind::File { size, source, .. } = entry.kind {
-                    sink.file(self.tree, &listing, &entry.name, source, size)?;
-                }
+            for e in listing.entries.iter().filter(|e| matches!(e.kind, PKind::File { .. })) {
+                sink.file(&listing.listing, listing.entry(e))?;
             }
         }
         debug_assert_eq!(sink.written, u64::from(self.total_sectors) * SECTOR as u64);
@@ -777,80 +778,88 @@ impl<'a> Plan<'a> {
 
     /// The children of primary directory `p`, named, in identifier order, each file with
     /// its first block (the blocks are right once `lay_out` has run).
-    fn primary_listing(&self, p: usize) -> Result<PListing, WriteError> {
+    fn primary_listing(&self, p: usize) -> Result<PListing<'_>, WriteError> {
         let dir = &self.pdirs[p];
-        let (mut children, disk_dirs) = match dir.node {
-            None => {
-                let relocated =
-                    self.relocated.iter().map(|(name, r)| (name.clone(), PKind::Dir(*r)));
-                (relocated.collect::<Vec<_>>(), Vec::new())
-            }
-            Some(node) => {
-                let listing = self.listing(node)?;
-                let mut children = Vec::with_capacity(listing.entries.len() + 1);
-                for entry in listing.entries {
-                    let kind = match entry.kind {
-                        EntryKind::Dir(child) => {
-                            let x = self.pdir_of[child];
-                            if self.pdirs[x].logical_parent == Some(p) {
-                                PKind::Placeholder(x)
-                            } else {
-                                PKind::Dir(x)
-                            }
-                        }
-                        EntryKind::File { size, source } => {
-                            PKind::File { size, lba: 0, source, attrs: entry.attrs }
-                        }
-                        EntryKind::Symlink { target } => {
-                            PKind::Symlink { target, attrs: entry.attrs }
-                        }
-                    };
-                    children.push((entry.name, kind));
-                }
-                if let (0, Some(moved)) = (p, self.rr_moved) {
-                    children.push((RR_MOVED.to_owned(), PKind::Dir(moved)));
-                }
-                (children, listing.disk_dirs)
-            }
+        let listing = match dir.node {
+            None => Listing::of_nodes(
+                self.tree,
+                self.relocated
+                    .iter()
+                    .map(|(name, r)| {
+                        (name.as_str(), self.pdirs[*r].node.expect("only tree dirs are relocated"))
+                    })
+                    .collect(),
+            ),
+            Some(node) => self.listing(node)?,
         };
 
-        let names: Vec<(&str, bool)> = children
-            .iter()
-            .map(|(name, kind)| (name.as_str(), matches!(kind, PKind::Dir(_))))
+        let mut kinds = Vec::with_capacity(listing.len() + 1);
+        for i in 0..listing.len() {
+            kinds.push(match listing.entry(i).kind {
+                EntryKind::Dir(child) => {
+                    let x = self.pdir_of[child];
+                    if self.pdirs[x].logical_parent == Some(p) {
+                        PKind::Placeholder(x)
+                    } else {
+                        PKind::Dir(x)
+                    }
+                }
+                EntryKind::File { .. } => PKind::File { lba: 0 },
+                EntryKind::Symlink { .. } => PKind::Symlink,
+            });
+        }
+        let mut names: Vec<(&str, bool)> = (0..listing.len())
+            .map(|i| (listing.name(i), matches!(kinds[i], PKind::Dir(_))))
             .collect();
+        if let (0, Some(moved)) = (p, self.rr_moved) {
+            kinds.push(PKind::Dir(moved));
+            names.push((RR_MOVED, true));
+        }
         let idents = assign_primary(&names);
-        let mut entries: Vec<PEntry> = children
-            .drain(..)
+        drop(names);
+        let mut entries: Vec<PEntry> = kinds
+            .into_iter()
             .zip(idents)
-            .map(|((name, kind), ident)| PEntry { name, ident, kind })
+            .enumerate()
+            .map(|(entry, (kind, ident))| PEntry { entry, ident, kind })
             .collect();
         entries.sort_unstable_by_key(|e| e.ident);
 
         let mut next = u64::from(dir.data_lba);
-        for entry in &mut entries {
-            if let PKind::File { size, lba, .. } = &mut entry.kind {
+        for e in &mut entries {
+            if let PKind::File { lba } = &mut e.kind {
+                let EntryKind::File { size, .. } = listing.entry(e.entry).kind else {
+                    unreachable!("PKind::File stands for a file");
+                };
                 *lba = next as u32;
                 next += size.div_ceil(SECTOR as u64);
             }
         }
-        Ok(PListing { entries, disk_dirs })
+        Ok(PListing { listing, entries })
     }
 
-    /// Encodes the extent of primary directory `p`.
-    fn primary_dir(&self, p: usize, ce: &mut ContinuationAreas) -> Result<Vec<u8>, WriteError> {
+    /// Encodes the extent of primary directory `p` into `out`, a sector at a time, and
+    /// returns its size.
+    fn primary_dir(
+        &self,
+        p: usize,
+        ce: &mut ContinuationAreas,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WriteError>,
+    ) -> Result<u32, WriteError> {
         let rr = self.opts.rock_ridge;
         let dir = &self.pdirs[p];
         let parent = &self.pdirs[dir.parent];
         let listing = self.primary_listing(p)?;
-        let mut out = Vec::with_capacity(SECTOR);
-        let mut record = |out: &mut Vec<u8>, name: &[u8], lba, size, time, flags, entries| {
+        let mut out = Extent::new(out);
+        let mut record = |out: &mut Extent<'_>, name: &[u8], lba, size, time, flags, entries| {
             let system_use = if rr {
                 let base = 33 + name.len() + usize::from(name.len() % 2 == 0);
                 ce.pack(entries, 254 - base)
+                    .map_err(|source| WriteError::SpillContinuationAreas { source })?
             } else {
                 Vec::new()
             };
-            push_record(out, &DirRecord { name, lba, size, time, flags, system_use: &system_use });
+            out.push(&DirRecord { name, lba, size, time, flags, system_use: &system_use })
         };
 
         let mut dot = Vec::new();
@@ -861,57 +870,69 @@ impl<'a> Plan<'a> {
         if p == 0 {
             dot.push(susp::er());
         }
-        record(&mut out, &[0], dir.lba, dir.size, self.dir_time(p), FLAG_DIRECTORY, dot);
+        record(&mut out, &[0], dir.lba, dir.size, self.dir_time(p), FLAG_DIRECTORY, dot)?;
 
         let mut dotdot = self.dir_attrs(dir.parent);
         if let Some(logical) = dir.logical_parent {
             dotdot.push(susp::pl(self.pdirs[logical].lba));
         }
         let parent_time = self.dir_time(dir.parent);
-        record(&mut out, &[1], parent.lba, parent.size, parent_time, FLAG_DIRECTORY, dotdot);
+        record(&mut out, &[1], parent.lba, parent.size, parent_time, FLAG_DIRECTORY, dotdot)?;
 
-        for entry in &listing.entries {
-            let ident = entry.ident.identifier();
-            let nm = susp::nm(&entry.name);
-            match &entry.kind {
-                &PKind::Dir(x) => {
+        for e in &listing.entries {
+            let ident = e.ident.identifier();
+            let nm = susp::nm(listing.name(e));
+            match e.kind {
+                PKind::Dir(x) => {
                     let sub = &self.pdirs[x];
-                    let mut e = self.dir_attrs(x);
-                    e.extend(nm);
+                    let mut su = self.dir_attrs(x);
+                    su.extend(nm);
                     if dir.node.is_none() {
-                        e.push(susp::re());
+                        su.push(susp::re());
                     }
                     let time = self.dir_time(x);
-                    record(&mut out, &ident, sub.lba, sub.size, time, FLAG_DIRECTORY, e);
+                    record(&mut out, &ident, sub.lba, sub.size, time, FLAG_DIRECTORY, su)?;
                 }
-                &PKind::Placeholder(x) => {
-                    let mut e = self.dir_attrs(x);
-                    e.extend(nm);
-                    e.push(susp::cl(self.pdirs[x].lba));
-                    record(&mut out, &ident, 0, 0, self.dir_time(x), 0, e);
+                PKind::Placeholder(x) => {
+                    let mut su = self.dir_attrs(x);
+                    su.extend(nm);
+                    su.push(susp::cl(self.pdirs[x].lba));
+                    record(&mut out, &ident, 0, 0, self.dir_time(x), 0, su)?;
                 }
-                PKind::Symlink { target, attrs } => {
-                    let mut e = self.entry_attrs(S_IFLNK, attrs);
-                    e.extend(nm);
-                    e.extend(susp::sl(target));
-                    record(&mut out, &ident, 0, 0, self.time_of(attrs.mtime), 0, e);
+                PKind::Symlink => {
+                    let entry = listing.entry(e);
+                    let EntryKind::Symlink { target } = entry.kind else {
+                        unreachable!("PKind::Symlink stands for a symbolic link");
+                    };
+                    let mut su = self.entry_attrs(S_IFLNK, &entry.attrs);
+                    su.extend(nm);
+                    su.extend(susp::sl(target));
+                    record(&mut out, &ident, 0, 0, self.time_of(entry.attrs.mtime), 0, su)?;
                 }
-                PKind::File { size, lba, attrs, .. } => {
-                    let time = self.time_of(attrs.mtime);
-                    for (lba, size, flags) in extents(*size, *lba) {
-                        let mut e = self.entry_attrs(S_IFREG, attrs);
-                        e.extend(nm.iter().cloned());
-                        record(&mut out, &ident, lba, size, time, flags, e);
+                PKind::File { lba } => {
+                    let entry = listing.entry(e);
+                    let EntryKind::File { size, .. } = entry.kind else {
+                        unreachable!("PKind::File stands for a file");
+                    };
+                    let time = self.time_of(entry.attrs.mtime);
+                    for (lba, size, flags) in extents(size, lba) {
+                        let mut su = self.entry_attrs(S_IFREG, &entry.attrs);
+                        su.extend(nm.iter().cloned());
+                        record(&mut out, &ident, lba, size, time, flags, su)?;
                     }
                 }
             }
         }
-        out.resize(out.len().next_multiple_of(SECTOR), 0);
-        Ok(out)
+        out.finish()
     }
 
-    /// Encodes the extent of Joliet directory `j`.
-    fn joliet_dir(&self, j: usize) -> Result<Vec<u8>, WriteError> {
+    /// Encodes the extent of Joliet directory `j` into `out`, a sector at a time, and
+    /// returns its size.
+    fn joliet_dir(
+        &self,
+        j: usize,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WriteError>,
+    ) -> Result<u32, WriteError> {
         let dir = &self.jdirs[j];
         let parent = &self.jdirs[dir.parent];
         let dir_time = |node: NodeId| self.time_of(self.tree.nodes[node].attrs.mtime);
@@ -919,42 +940,43 @@ impl<'a> Plan<'a> {
         // The same entries as the primary directory of the same node, which also places
         // the files; relocation and `rr_moved` do not exist here.
         let listing = self.primary_listing(self.pdir_of[dir.node])?;
-        let mut children: Vec<(Vec<u8>, &PKind)> = listing
-            .entries
-            .iter()
-            .filter(|e| match e.kind {
+        let idents = JolietIdents::new(
+            (0..listing.entries.len()).filter(|&k| match listing.entries[k].kind {
                 PKind::Dir(x) | PKind::Placeholder(x) => self.pdirs[x].node.is_some(),
                 PKind::File { .. } => true,
-                PKind::Symlink { .. } => false,
-            })
-            .map(|e| (joliet_name(&e.name), &e.kind))
-            .collect();
-        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                PKind::Symlink => false,
+            }),
+            |k| listing.name(&listing.entries[k]),
+        );
 
-        let mut out = Vec::with_capacity(SECTOR);
-        let record = |out: &mut Vec<u8>, name: &[u8], lba, size, time, flags| {
-            push_record(out, &DirRecord { name, lba, size, time, flags, system_use: &[] });
+        let mut out = Extent::new(out);
+        let record = |out: &mut Extent<'_>, name: &[u8], lba, size, time, flags| {
+            out.push(&DirRecord { name, lba, size, time, flags, system_use: &[] })
         };
-        record(&mut out, &[0], dir.lba, dir.size, dir_time(dir.node), FLAG_DIRECTORY);
-        record(&mut out, &[1], parent.lba, parent.size, dir_time(parent.node), FLAG_DIRECTORY);
-        for (ident, kind) in &children {
-            match **kind {
+        record(&mut out, &[0], dir.lba, dir.size, dir_time(dir.node), FLAG_DIRECTORY)?;
+        record(&mut out, &[1], parent.lba, parent.size, dir_time(parent.node), FLAG_DIRECTORY)?;
+        for (ident, k) in idents.sorted() {
+            let e = &listing.entries[k];
+            match e.kind {
                 PKind::Dir(x) | PKind::Placeholder(x) => {
-                    let node = self.pdirs[x].node.expect("rr_moved was filtered out");
+                    let node = self.pdirs[x].node.expect("rr_moved was left out");
                     let sub = &self.jdirs[self.jdir_of[node]];
-                    record(&mut out, ident, sub.lba, sub.size, dir_time(node), FLAG_DIRECTORY);
+                    record(&mut out, ident, sub.lba, sub.size, dir_time(node), FLAG_DIRECTORY)?;
                 }
-                PKind::File { size, lba, attrs, .. } => {
-                    let time = self.time_of(attrs.mtime);
+                PKind::File { lba } => {
+                    let entry = listing.entry(e);
+                    let EntryKind::File { size, .. } = entry.kind else {
+                        unreachable!("PKind::File stands for a file");
+                    };
+                    let time = self.time_of(entry.attrs.mtime);
                     for (lba, size, flags) in extents(size, lba) {
-                        record(&mut out, ident, lba, size, time, flags);
+                        record(&mut out, ident, lba, size, time, flags)?;
                     }
                 }
-                PKind::Symlink { .. } => unreachable!("symbolic links were filtered out"),
+                PKind::Symlink => unreachable!("symbolic links were left out"),
             }
         }
-        out.resize(out.len().next_multiple_of(SECTOR), 0);
-        Ok(out)
+        out.finish()
     }
 
     fn primary_path_table(&self, big_endian: bool) -> Vec<u8> {
@@ -977,9 +999,9 @@ impl<'a> Plan<'a> {
 /// Names the children of primary directory `d` (POSIX name, and the primary directory of
 /// those that are directories at this place) and records its subdirectories in identifier
 /// order.
-fn name_subdirs(dirs: &mut [PDir], d: usize, children: &[(String, Option<usize>)]) {
+fn name_subdirs(dirs: &mut [PDir], d: usize, children: &[(&str, Option<usize>)]) {
     let entries: Vec<(&str, bool)> =
-        children.iter().map(|(name, dir)| (name.as_str(), dir.is_some())).collect();
+        children.iter().map(|&(name, dir)| (name, dir.is_some())).collect();
     let names = assign_primary(&entries);
     let mut subdirs: Vec<(PrimaryName, usize)> =
         children.iter().zip(names).filter_map(|((_, dir), name)| dir.map(|x| (name, x))).collect();
@@ -1015,12 +1037,46 @@ fn root_record(lba: u32, size: u32, time: i64) -> [u8; 34] {
     buf.try_into().expect("a root record is 34 bytes")
 }
 
-/// Appends a record, moving to the next sector first if it would cross a boundary.
-fn push_record(out: &mut Vec<u8>, rec: &DirRecord<'_>) {
-    if out.len() % SECTOR + rec.len() > SECTOR {
-        out.resize(out.len().next_multiple_of(SECTOR), 0);
+/// The directory records of one extent, handed on a sector at a time (a record never
+/// crosses a sector boundary), so that a directory of any size takes one sector of memory.
+struct Extent<'o> {
+    sector: Vec<u8>,
+    /// Bytes handed on so far.
+    len: u64,
+    out: &'o mut dyn FnMut(&[u8]) -> Result<(), WriteError>,
+}
+
+impl<'o> Extent<'o> {
+    fn new(out: &'o mut dyn FnMut(&[u8]) -> Result<(), WriteError>) -> Self {
+        Extent { sector: Vec::with_capacity(SECTOR), len: 0, out }
     }
-    rec.encode(out);
+
+    /// Appends a record, moving to the next sector first if it would cross a boundary.
+    fn push(&mut self, rec: &DirRecord<'_>) -> Result<(), WriteError> {
+        if self.sector.len() + rec.len() > SECTOR {
+            self.next_sector()?;
+        }
+        rec.encode(&mut self.sector);
+        Ok(())
+    }
+
+    fn next_sector(&mut self) -> Result<(), WriteError> {
+        self.sector.resize(SECTOR, 0);
+        (self.out)(&self.sector)?;
+        self.len += SECTOR as u64;
+        self.sector.clear();
+        Ok(())
+    }
+
+    /// Pads the last sector and returns the size of the extent.
+    fn finish(mut self) -> Result<u32, WriteError> {
+        if !self.sector.is_empty() {
+            self.next_sector()?;
+        }
+        // FIXME: a directory extent of 4 GiB or more (some 20 million entries in one
+        // directory) cannot be recorded; it is not detected.
+        Ok(self.len as u32)
+    }
 }
 
 /// The output with a running byte count.
@@ -1061,22 +1117,18 @@ impl<W: Write> Sink<'_, W> {
         Ok(())
     }
 
-    /// Streams the contents of file `name` of `listing` and pads to a sector boundary.
-    fn file(
-        &mut self,
-        tree: &IsoTree,
-        listing: &PListing,
-        name: &str,
-        source: FileSource,
-        size: u64,
-    ) -> Result<(), WriteError> {
+    /// Streams the contents of `file` (of `listing`) and pads to a sector boundary.
+    fn file(&mut self, listing: &Listing<'_>, file: Entry<'_>) -> Result<(), WriteError> {
+        let EntryKind::File { size, source } = file.kind else {
+            unreachable!("only files are streamed");
+        };
         match source {
-            FileSource::Node(n) => match &tree.nodes[n].kind {
+            FileSource::Node(n) => match &listing.tree().nodes[n].kind {
                 NodeKind::File { data: FileData::Bytes(bytes), .. } => self.put(bytes)?,
                 NodeKind::File { data: FileData::Disk(path), .. } => self.stream(path, size)?,
                 _ => unreachable!("file sources are file nodes"),
             },
-            FileSource::Disk(dir) => self.stream(&listing.disk_dirs[dir].join(name), size)?,
+            FileSource::Disk(run) => self.stream(&listing.disk_dir(run).join(file.name), size)?,
         }
         self.pad()
     }
