@@ -401,7 +401,10 @@ impl IsoTree {
         let components = split_path(iso_path, true)?;
         let dir = self.ensure_dir(iso_path, &components)?;
         self.nodes[dir].set_disk_attrs(&meta);
-        self.graft(dir, iso_path.trim_matches('/'), disk_dir)
+        self.graft(dir, iso_path.trim_matches('/'), disk_dir)?;
+        // Up to half the vector is room to grow, which a large tree need not keep.
+        self.nodes.shrink_to_fit();
+        Ok(())
     }
 
     /// Adds the regular file `disk_file` at `iso_path` with its mode, owner, group and

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::names::{assign_primary, JolietIdents, PrimaryName};
+use crate::names::{assign_primary, joliet_name_into, joliet_order, PrimaryName};
 use crate::raw::{
     self, DirRecord, VolumeFields, VolumeKind, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, MAX_EXTENT,
     SECTOR,
@@ -360,13 +360,14 @@ impl PDir {
     }
 }
 
-/// What a child of a primary directory is.
+/// What a child of a primary directory is. Directory indexes are `u32` (there are at most
+/// 65535) to keep a large directory's entries small.
 #[derive(Debug, Clone, Copy)]
 enum PKind {
     /// A subdirectory at its natural place or, inside `rr_moved`, a relocated one (RE).
-    Dir(usize),
+    Dir(u32),
     /// The empty file standing for a relocated directory at its logical place (CL).
-    Placeholder(usize),
+    Placeholder(u32),
     /// A regular file whose contents start at block `lba`.
     File {
         lba: u32,
@@ -378,7 +379,7 @@ enum PKind {
 #[derive(Debug)]
 struct PEntry {
     /// Index in the directory's listing; one past its end for `rr_moved` in the root.
-    entry: usize,
+    entry: u32,
     ident: PrimaryName,
     kind: PKind,
 }
@@ -394,16 +395,16 @@ struct PListing<'t> {
 impl PListing<'_> {
     /// The POSIX name, recorded in NM.
     fn name(&self, e: &PEntry) -> &str {
-        if e.entry == self.listing.len() {
+        if e.entry as usize == self.listing.len() {
             RR_MOVED
         } else {
-            self.listing.name(e.entry)
+            self.listing.name(e.entry as usize)
         }
     }
 
     /// The tree entry behind a file or symbolic link.
     fn entry(&self, e: &PEntry) -> Entry<'_> {
-        self.listing.entry(e.entry)
+        self.listing.entry(e.entry as usize)
     }
 }
 
@@ -575,16 +576,11 @@ impl<'a> Plan<'a> {
         for (new, &old) in order.iter().enumerate() {
             new_index[old] = new;
         }
-        let mut slots: Vec<Option<PDir>> = dirs.into_iter().map(Some).collect();
-        self.pdirs = order
-            .iter()
-            .map(|&old| {
-                let mut dir = slots[old].take().expect("each directory is numbered once");
-                dir.parent = new_index[dir.parent];
-                dir.logical_parent = dir.logical_parent.map(|p| new_index[p]);
-                dir
-            })
-            .collect();
+        drop(order);
+        for dir in &mut dirs {
+            dir.parent = new_index[dir.parent];
+            dir.logical_parent = dir.logical_parent.map(|p| new_index[p]);
+        }
         for p in self.pdir_of.iter_mut().filter(|p| **p != NONE) {
             *p = new_index[*p];
         }
@@ -592,6 +588,16 @@ impl<'a> Plan<'a> {
             *r = new_index[*r];
         }
         self.rr_moved = self.rr_moved.map(|m| new_index[m]);
+        // Moves each directory to its number in place, one cycle of the permutation at a
+        // time, rather than into a second vector.
+        for i in 0..dirs.len() {
+            while new_index[i] != i {
+                let j = new_index[i];
+                dirs.swap(i, j);
+                new_index.swap(i, j);
+            }
+        }
+        self.pdirs = dirs;
         Ok(())
     }
 
@@ -605,22 +611,24 @@ impl<'a> Plan<'a> {
         while j < dirs.len() {
             let node = dirs[j].node;
             let listing = self.listing(node)?;
-            let idents = JolietIdents::new(
+            let order = joliet_order(
                 (0..listing.len())
                     .filter(|&i| !matches!(listing.entry(i).kind, EntryKind::Symlink { .. })),
                 |i| listing.name(i),
             );
-            if let Some((first, second)) = idents.first_collision() {
+            if let Some((first, second)) = order.collision {
                 let dir = self.tree.path_of(node);
                 return Err(WriteError::MapJolietName {
                     first: join(&dir, listing.name(first)),
                     second: join(&dir, listing.name(second)),
                 });
             }
-            for (ident, i) in idents.sorted() {
+            for i in order.sorted {
                 if let EntryKind::Dir(child) = listing.entry(i).kind {
                     self.jdir_of[child] = dirs.len();
-                    let ident = ident.to_vec().into_boxed_slice();
+                    let mut ident = Vec::new();
+                    joliet_name_into(listing.name(i), &mut ident);
+                    let ident = ident.into_boxed_slice();
                     dirs.push(JDir { node: child, parent: j, ident, lba: 0, size: 0 });
                 }
             }
@@ -799,36 +807,34 @@ impl<'a> Plan<'a> {
                 EntryKind::Dir(child) => {
                     let x = self.pdir_of[child];
                     if self.pdirs[x].logical_parent == Some(p) {
-                        PKind::Placeholder(x)
+                        PKind::Placeholder(x as u32)
                     } else {
-                        PKind::Dir(x)
+                        PKind::Dir(x as u32)
                     }
                 }
                 EntryKind::File { .. } => PKind::File { lba: 0 },
                 EntryKind::Symlink { .. } => PKind::Symlink,
             });
         }
-        let mut names: Vec<(&str, bool)> = (0..listing.len())
-            .map(|i| (listing.name(i), matches!(kinds[i], PKind::Dir(_))))
-            .collect();
         if let (0, Some(moved)) = (p, self.rr_moved) {
-            kinds.push(PKind::Dir(moved));
-            names.push((RR_MOVED, true));
+            kinds.push(PKind::Dir(moved as u32));
         }
-        let idents = assign_primary(&names);
-        drop(names);
+        let idents = assign_primary(kinds.iter().enumerate().map(|(i, kind)| {
+            let name = if i == listing.len() { RR_MOVED } else { listing.name(i) };
+            (name, matches!(kind, PKind::Dir(_)))
+        }));
         let mut entries: Vec<PEntry> = kinds
             .into_iter()
             .zip(idents)
             .enumerate()
-            .map(|(entry, (kind, ident))| PEntry { entry, ident, kind })
+            .map(|(entry, (kind, ident))| PEntry { entry: entry as u32, ident, kind })
             .collect();
         entries.sort_unstable_by_key(|e| e.ident);
 
         let mut next = u64::from(dir.data_lba);
         for e in &mut entries {
             if let PKind::File { lba } = &mut e.kind {
-                let EntryKind::File { size, .. } = listing.entry(e.entry).kind else {
+                let EntryKind::File { size, .. } = listing.entry(e.entry as usize).kind else {
                     unreachable!("PKind::File stands for a file");
                 };
                 *lba = next as u32;
@@ -884,6 +890,7 @@ impl<'a> Plan<'a> {
             let nm = susp::nm(listing.name(e));
             match e.kind {
                 PKind::Dir(x) => {
+                    let x = x as usize;
                     let sub = &self.pdirs[x];
                     let mut su = self.dir_attrs(x);
                     su.extend(nm);
@@ -894,6 +901,7 @@ impl<'a> Plan<'a> {
                     record(&mut out, &ident, sub.lba, sub.size, time, FLAG_DIRECTORY, su)?;
                 }
                 PKind::Placeholder(x) => {
+                    let x = x as usize;
                     let mut su = self.dir_attrs(x);
                     su.extend(nm);
                     su.push(susp::cl(self.pdirs[x].lba));
@@ -940,9 +948,9 @@ impl<'a> Plan<'a> {
         // The same entries as the primary directory of the same node, which also places
         // the files; relocation and `rr_moved` do not exist here.
         let listing = self.primary_listing(self.pdir_of[dir.node])?;
-        let idents = JolietIdents::new(
+        let order = joliet_order(
             (0..listing.entries.len()).filter(|&k| match listing.entries[k].kind {
-                PKind::Dir(x) | PKind::Placeholder(x) => self.pdirs[x].node.is_some(),
+                PKind::Dir(x) | PKind::Placeholder(x) => self.pdirs[x as usize].node.is_some(),
                 PKind::File { .. } => true,
                 PKind::Symlink => false,
             }),
@@ -955,11 +963,15 @@ impl<'a> Plan<'a> {
         };
         record(&mut out, &[0], dir.lba, dir.size, dir_time(dir.node), FLAG_DIRECTORY)?;
         record(&mut out, &[1], parent.lba, parent.size, dir_time(parent.node), FLAG_DIRECTORY)?;
-        for (ident, k) in idents.sorted() {
+        let mut ident = Vec::new();
+        for k in order.sorted {
             let e = &listing.entries[k];
+            ident.clear();
+            joliet_name_into(listing.name(e), &mut ident);
+            let ident = &ident[..];
             match e.kind {
                 PKind::Dir(x) | PKind::Placeholder(x) => {
-                    let node = self.pdirs[x].node.expect("rr_moved was left out");
+                    let node = self.pdirs[x as usize].node.expect("rr_moved was left out");
                     let sub = &self.jdirs[self.jdir_of[node]];
                     record(&mut out, ident, sub.lba, sub.size, dir_time(node), FLAG_DIRECTORY)?;
                 }
@@ -1000,9 +1012,7 @@ impl<'a> Plan<'a> {
 /// those that are directories at this place) and records its subdirectories in identifier
 /// order.
 fn name_subdirs(dirs: &mut [PDir], d: usize, children: &[(&str, Option<usize>)]) {
-    let entries: Vec<(&str, bool)> =
-        children.iter().map(|&(name, dir)| (name, dir.is_some())).collect();
-    let names = assign_primary(&entries);
+    let names = assign_primary(children.iter().map(|&(name, dir)| (name, dir.is_some())));
     let mut subdirs: Vec<(PrimaryName, usize)> =
         children.iter().zip(names).filter_map(|((_, dir), name)| dir.map(|x| (name, x))).collect();
     subdirs.sort_unstable();
