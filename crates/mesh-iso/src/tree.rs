@@ -605,6 +605,8 @@ impl IsoTree {
         let NodeKind::Dir { runs, .. } = &mut self.nodes[dir].kind else {
             unreachable!("runs are only stored in directories");
         };
+        // Nearly every directory gets exactly one run: no room for more.
+        runs.reserve_exact(1);
         runs.push(stored);
         Ok(())
     }

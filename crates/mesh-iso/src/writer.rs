@@ -325,8 +325,6 @@ struct PDir {
     logical_parent: Option<usize>,
     /// Its 8.3 name in its physical parent; `None` for the root.
     name: Option<PrimaryName>,
-    /// Physical subdirectories in identifier order, needed only until numbered.
-    subdirs: Vec<usize>,
     /// Regular files directly inside.
     files: u64,
     /// Sectors of their contents, each file rounded up to whole sectors.
@@ -345,7 +343,6 @@ impl PDir {
             parent,
             logical_parent: None,
             name: None,
-            subdirs: Vec::new(),
             files: 0,
             data_sectors: 0,
             data_lba: 0,
@@ -485,6 +482,8 @@ impl<'a> Plan<'a> {
     fn build_primary(&mut self) -> Result<(), WriteError> {
         let rock_ridge = self.opts.rock_ridge;
         let mut dirs = vec![PDir::new(Some(ROOT), 1, 0)];
+        // Per directory, its physical subdirectories in identifier order.
+        let mut subdirs: Vec<Vec<u32>> = vec![Vec::new()];
         self.pdir_of[ROOT] = 0;
         let mut root_children = None;
         let mut pending = vec![0usize];
@@ -540,7 +539,9 @@ impl<'a> Plan<'a> {
             } else {
                 let children: Vec<(&str, Option<usize>)> =
                     (0..listing.len()).map(|i| (listing.name(i), natural[i])).collect();
-                name_subdirs(&mut dirs, d, &children);
+                let named = name_subdirs(&mut dirs, &children);
+                subdirs.resize_with(dirs.len(), Vec::new);
+                subdirs[d] = named;
             }
         }
 
@@ -556,17 +557,19 @@ impl<'a> Plan<'a> {
             root_children.push((RR_MOVED, Some(moved)));
             let relocated: Vec<(&str, Option<usize>)> =
                 self.relocated.iter().map(|(name, r)| (name.as_str(), Some(*r))).collect();
-            name_subdirs(&mut dirs, moved, &relocated);
+            let named = name_subdirs(&mut dirs, &relocated);
+            subdirs.resize_with(dirs.len(), Vec::new);
+            subdirs[moved] = named;
         }
-        name_subdirs(&mut dirs, 0, &root_children);
+        subdirs[0] = name_subdirs(&mut dirs, &root_children);
         drop(root_children);
 
         // Path table order: breadth first, children in identifier order.
         let mut order = vec![0usize];
         let mut i = 0;
         while i < order.len() {
-            let subdirs = std::mem::take(&mut dirs[order[i]].subdirs);
-            order.extend(subdirs);
+            let below = subdirs.get_mut(order[i]).map(std::mem::take).unwrap_or_default();
+            order.extend(below.into_iter().map(|x| x as usize));
             i += 1;
         }
         if order.len() > MAX_DIRECTORIES {
@@ -1008,10 +1011,10 @@ impl<'a> Plan<'a> {
     }
 }
 
-/// Names the children of primary directory `d` (POSIX name, and the primary directory of
-/// those that are directories at this place) and records its subdirectories in identifier
+/// Names the children of a primary directory (POSIX name, and the primary directory of
+/// those that are directories at this place) and returns its subdirectories in identifier
 /// order.
-fn name_subdirs(dirs: &mut [PDir], d: usize, children: &[(&str, Option<usize>)]) {
+fn name_subdirs(dirs: &mut [PDir], children: &[(&str, Option<usize>)]) -> Vec<u32> {
     let names = assign_primary(children.iter().map(|&(name, dir)| (name, dir.is_some())));
     let mut subdirs: Vec<(PrimaryName, usize)> =
         children.iter().zip(names).filter_map(|((_, dir), name)| dir.map(|x| (name, x))).collect();
@@ -1019,7 +1022,7 @@ fn name_subdirs(dirs: &mut [PDir], d: usize, children: &[(&str, Option<usize>)])
     for &(name, x) in &subdirs {
         dirs[x].name = Some(name);
     }
-    dirs[d].subdirs = subdirs.into_iter().map(|(_, x)| x).collect();
+    subdirs.into_iter().map(|(_, x)| x as u32).collect()
 }
 
 /// The directory records' view of a file of `size` bytes starting at block `first`: one
