@@ -679,6 +679,41 @@ impl IsoTree {
         Ok(listing)
     }
 
+    /// The same tree with every catalog record made a node, the way trees were held before
+    /// the catalog existed: what the writer must not be able to tell apart.
+    #[cfg(test)]
+    pub(crate) fn without_catalog(&self) -> IsoTree {
+        let mut out = self.clone();
+        out.catalog = None;
+        for dir in 0..self.nodes.len() {
+            let runs = self.runs(dir).expect("catalog readable");
+            for run in &runs {
+                for i in 0..run.len() {
+                    let record = run.record(i);
+                    let kind = match record.kind {
+                        RecordKind::File { size } => {
+                            let path = run.disk_dir().join(record.name);
+                            NodeKind::File { data: FileData::Disk(path), size }
+                        }
+                        RecordKind::Symlink { target } => {
+                            NodeKind::Symlink { target: target.to_owned() }
+                        }
+                    };
+                    let id = out.nodes.len();
+                    out.nodes.push(Node { kind, attrs: record.attrs, parent: dir });
+                    let NodeKind::Dir { children, .. } = &mut out.nodes[dir].kind else {
+                        unreachable!("runs belong to directories");
+                    };
+                    children.insert(record.name.to_owned(), id);
+                }
+            }
+            if let NodeKind::Dir { runs, .. } = &mut out.nodes[dir].kind {
+                runs.clear();
+            }
+        }
+        out
+    }
+
     /// The image path of node `id`, for error messages.
     pub(crate) fn path_of(&self, id: NodeId) -> String {
         let mut parts = Vec::new();
@@ -816,5 +851,127 @@ mod tests {
         tree.add_dir("d", 0o700).expect("existing dir");
         let d = tree.child(ROOT, "d").expect("d exists");
         assert_eq!(tree.nodes[d].attrs.mode, 0o700);
+    }
+
+    fn disk_tree() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::create_dir_all(root.join("d/sub")).expect("mkdir");
+        fs::write(root.join("a.txt"), b"a").expect("write");
+        fs::write(root.join("d/b.txt"), b"b").expect("write");
+        std::os::unix::fs::symlink("../a.txt", root.join("d/link")).expect("symlink");
+        tmp
+    }
+
+    #[test]
+    fn disk_files_and_links_live_in_the_catalog_and_directories_in_memory() {
+        let src = disk_tree();
+        let tree = IsoTree::from_dir(src.path()).expect("tree");
+        // The root, d and d/sub: no node per file or link.
+        assert_eq!(tree.nodes.len(), 3);
+        assert_eq!(tree.described(), 6);
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "link", "sub"]);
+        assert!(matches!(listing.entry(1).kind, EntryKind::Symlink { target: "../a.txt" }));
+        assert!(matches!(listing.entry(2).kind, EntryKind::Dir(_)));
+        // Serial numbers follow the order entries were described, depth first.
+        let serials: Vec<u32> = (0..listing.len()).map(|i| listing.entry(i).attrs.serial).collect();
+        assert_eq!(serials, [4, 5, 6]);
+    }
+
+    #[test]
+    fn entries_added_over_disk_entries_are_refused_by_path() {
+        let src = disk_tree();
+        let mut tree = IsoTree::from_dir(src.path()).expect("tree");
+        for path in ["a.txt", "d/b.txt", "d/link"] {
+            assert!(
+                matches!(
+                    tree.add_file_bytes(path, Vec::new(), 0o644),
+                    Err(TreeError::AlreadyExists { path: p }) if p == path
+                ),
+                "{path}"
+            );
+        }
+        assert!(matches!(
+            tree.add_symlink("d/b.txt", "x"),
+            Err(TreeError::AlreadyExists { path }) if path == "d/b.txt"
+        ));
+        assert!(matches!(
+            tree.add_dir("d/b.txt/deeper", 0o755),
+            Err(TreeError::NotADirectory { path }) if path == "d/b.txt"
+        ));
+        // Beside them, and into a directory from disk, is fine; the listing merges both.
+        tree.add_file_bytes("d/c.txt", Vec::new(), 0o644).expect("new name");
+        tree.add_file_bytes("d/sub/x", Vec::new(), 0o644).expect("into a disk directory");
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "c.txt", "link", "sub"]);
+    }
+
+    #[test]
+    fn grafts_that_collide_are_refused_and_disjoint_ones_merge() {
+        let first = disk_tree();
+        let second = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(second.path().join("d")).expect("mkdir");
+        fs::write(second.path().join("d/z.txt"), b"z").expect("write");
+        fs::write(second.path().join("top"), b"t").expect("write");
+
+        let mut tree = IsoTree::from_dir(first.path()).expect("tree");
+        tree.add_dir_from_disk("", second.path()).expect("disjoint");
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "link", "sub", "z.txt"]);
+
+        // A file over a disk file, a directory over a disk file, a file over a directory.
+        let clash = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(clash.path().join("d")).expect("mkdir");
+        fs::write(clash.path().join("d/b.txt"), b"again").expect("write");
+        let err = IsoTree::from_dir(first.path())
+            .and_then(|mut t| t.add_dir_from_disk("", clash.path()))
+            .expect_err("file over file");
+        assert!(matches!(&err, TreeError::AlreadyExists { path } if path == "d/b.txt"), "{err}");
+
+        let clash = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(clash.path().join("a.txt")).expect("mkdir");
+        let err = IsoTree::from_dir(first.path())
+            .and_then(|mut t| t.add_dir_from_disk("", clash.path()))
+            .expect_err("directory over file");
+        assert!(matches!(&err, TreeError::AlreadyExists { path } if path == "a.txt"), "{err}");
+
+        let clash = tempfile::tempdir().expect("tempdir");
+        fs::write(clash.path().join("d"), b"not a dir").expect("write");
+        let err = IsoTree::from_dir(first.path())
+            .and_then(|mut t| t.add_dir_from_disk("", clash.path()))
+            .expect_err("file over directory");
+        assert!(matches!(&err, TreeError::AlreadyExists { path } if path == "d"), "{err}");
+    }
+
+    #[test]
+    fn what_was_described_is_what_is_listed_even_if_the_disk_changes() {
+        let src = disk_tree();
+        let tree = IsoTree::from_dir(src.path()).expect("tree");
+        fs::write(src.path().join("d/later.txt"), b"new").expect("write");
+        fs::remove_file(src.path().join("d/link")).expect("rm");
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "link", "sub"]);
+    }
+
+    #[test]
+    fn directories_beyond_what_an_image_can_number_are_refused() {
+        let mut tree = IsoTree::new();
+        for i in 1..MAX_DIRECTORIES {
+            tree.add_dir(&format!("d{i}"), 0o755).expect("within the limit");
+        }
+        assert!(matches!(
+            tree.add_file_bytes("one-more/f", Vec::new(), 0o644),
+            Err(TreeError::NumberDirectories { path }) if path == "one-more/f"
+        ));
+        tree.add_file_bytes("files-are-fine", Vec::new(), 0o644).expect("not a directory");
     }
 }

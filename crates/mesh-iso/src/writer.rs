@@ -1191,6 +1191,7 @@ impl<W: Write> Sink<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn image(tree: &IsoTree) -> Vec<u8> {
         let mut opts = IsoOptions::new("cidata");
@@ -1297,6 +1298,98 @@ mod tests {
         assert_eq!(
             ids,
             ["ALPHA.TXT;1", "ALPHA_1.TXT;1", "BETA_LON.MD;1", "BETA_L_1.MD;1", "ZETA.;1"]
+        );
+    }
+
+    /// A source directory with what the writer handles specially: deep directories, a
+    /// directory of several sectors, 8.3 collisions, names and link targets long enough for
+    /// continuation areas, empty files and directories.
+    fn rich_source(root: &Path) {
+        let write = |rel: &str, contents: &[u8]| {
+            let path = root.join(rel);
+            fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+            fs::write(path, contents).expect("write");
+        };
+        let deep = "l1/l2/l3/l4/l5/l6/l7/l8/l9/l10";
+        write(&format!("{deep}/bottom.txt"), b"deep");
+        write("l1/l2/l3/l4/l5/l6/l7/same/inner/f", b"f");
+        for i in 0..300 {
+            write(&format!("many/entry-with-a-long-name-{i:04}.data"), &[i as u8; 3]);
+        }
+        write(&format!("long/{}.txt", "n".repeat(200)), b"long");
+        write("long/empty", b"");
+        fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
+        let target = (0..8).map(|i| format!("part-{i}-{}", "x".repeat(40))).collect::<Vec<_>>();
+        std::os::unix::fs::symlink(target.join("/"), root.join("long/link")).expect("symlink");
+        std::os::unix::fs::symlink("../many", root.join("long/short-link")).expect("symlink");
+    }
+
+    #[test]
+    fn a_tree_read_from_its_catalog_writes_the_bytes_of_the_same_tree_held_as_nodes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        rich_source(&src);
+        let other = tmp.path().join("other");
+        fs::create_dir_all(other.join("many")).expect("mkdir");
+        fs::write(other.join("many/zz-from-another-graft"), b"z").expect("write");
+
+        let mut tree = IsoTree::new();
+        tree.add_file_bytes("meta-data", b"instance-id: x\n".to_vec(), 0o644).expect("add");
+        tree.add_dir_from_disk("", &src).expect("graft");
+        tree.add_dir_from_disk("", &other).expect("second graft");
+        tree.add_dir_from_disk("copy/of/long", &src.join("long")).expect("graft below");
+        tree.add_file_bytes("many/added-by-hand.txt", b"hand".to_vec(), 0o600).expect("add");
+        let nodes = tree.without_catalog();
+        assert!(nodes.nodes.len() > tree.nodes.len() + 300);
+
+        for (rock_ridge, joliet) in [(true, true), (true, false)] {
+            let mut opts = IsoOptions::new("same");
+            opts.timestamp = Some(1_700_000_000);
+            (opts.rock_ridge, opts.joliet) = (rock_ridge, joliet);
+            let mut from_catalog = Vec::new();
+            write_iso(&tree, &opts, &mut from_catalog).expect("write");
+            let mut from_nodes = Vec::new();
+            write_iso(&nodes, &opts, &mut from_nodes).expect("write");
+            assert!(from_catalog == from_nodes, "images differ (joliet: {joliet})");
+        }
+    }
+
+    #[test]
+    fn errors_found_while_writing_name_entries_described_from_disk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        rich_source(&src);
+        fs::write(src.join("many/what:is"), b"").expect("write");
+        fs::write(src.join("many/what?is"), b"").expect("write");
+        let tree = IsoTree::from_dir(&src).expect("tree");
+        let err = write_iso(&tree, &IsoOptions::new("x"), io::sink()).expect_err("collision");
+        assert!(
+            matches!(&err, WriteError::MapJolietName { first, second }
+                if first == "many/what:is" && second == "many/what?is"),
+            "{err}"
+        );
+
+        let mut opts = IsoOptions::new("x");
+        (opts.rock_ridge, opts.joliet) = (false, false);
+        fs::remove_file(src.join("long/link")).expect("rm");
+        fs::remove_file(src.join("long/short-link")).expect("rm");
+        let tree = IsoTree::from_dir(&src).expect("tree");
+        let err = write_iso(&tree, &opts, io::sink()).expect_err("too deep");
+        assert!(
+            matches!(&err, WriteError::RelocateDirectory { path }
+                if path == "l1/l2/l3/l4/l5/l6/l7/l8"),
+            "{err}"
+        );
+
+        // A file that shrank after it was described.
+        let tree = IsoTree::from_dir(&src.join("long")).expect("tree");
+        let long = src.join(format!("long/{}.txt", "n".repeat(200)));
+        fs::write(&long, b"").expect("truncate");
+        let err = write_iso(&tree, &IsoOptions::new("x"), io::sink()).expect_err("shrank");
+        assert!(
+            matches!(&err, WriteError::CheckFileSize { path, expected: 4, found: 0 }
+                if *path == long),
+            "{err}"
         );
     }
 }
