@@ -10,6 +10,11 @@
 //! - Describes content as an [`IsoTree`], built from a directory on disk
 //!   ([`IsoTree::from_dir`]) and/or entry by entry; file contents stay on disk until they
 //!   are streamed into the image, one file at a time.
+//! - Memory that does not grow with the number of files: the files and symbolic links of
+//!   directories described from disk are recorded in an unnamed temporary file (in
+//!   `TMPDIR`), and the writer keeps per-directory state only, listing each directory
+//!   again whenever it needs its entries. What counts is the number of directories (at
+//!   most 65535 in an image) and the size of the largest one.
 //! - Primary volume: ISO 9660 level 1 names (d-characters, 8.3), unique per directory with
 //!   deterministic `_N` suffixes, so a reader that ignores every extension still sees each
 //!   entry exactly once.
@@ -66,6 +71,7 @@
 //! ```
 
 mod bench;
+mod catalog;
 mod names;
 mod raw;
 mod susp;

@@ -1,7 +1,7 @@
 //! Mapping of POSIX names to the identifiers of the primary volume (ISO 9660 level 1:
 //! d-characters, 8.3) and of the Joliet volume (UCS-2, at most 64 characters).
 
-use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 
 /// Longest Joliet identifier, in UCS-2 characters.
 pub(crate) const JOLIET_MAX_CHARS: usize = 64;
@@ -9,7 +9,7 @@ pub(crate) const JOLIET_MAX_CHARS: usize = 64;
 /// An ASCII string of at most `N` bytes stored inline, so the name of every entry of a
 /// large tree costs no allocation. Ordered by its bytes, shorter first on a common prefix,
 /// which is the ECMA-119 order for space-padded d-characters.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Short<const N: usize> {
     buf: [u8; N],
     len: u8,
@@ -33,6 +33,7 @@ impl<const N: usize> Short<N> {
         usize::from(self.len)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -46,7 +47,8 @@ impl<const N: usize> PartialOrd for Short<N> {
 
 impl<const N: usize> Ord for Short<N> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        // Bytes compare like the ASCII strings they hold.
+        self.buf[..usize::from(self.len)].cmp(&other.buf[..usize::from(other.len)])
     }
 }
 
@@ -70,15 +72,63 @@ pub(crate) struct PrimaryName {
 impl PrimaryName {
     /// The file identifier as recorded: `BASE.EXT;1` for files, `BASE` for directories.
     pub(crate) fn identifier(&self) -> Vec<u8> {
-        if self.is_dir {
-            self.base.as_str().as_bytes().to_vec()
-        } else {
-            format!("{}.{};1", self.base.as_str(), self.ext.as_str()).into_bytes()
+        let mut id = Vec::with_capacity(self.base.len() + self.ext.len() + 3);
+        id.extend_from_slice(self.base.as_str().as_bytes());
+        if !self.is_dir {
+            id.push(b'.');
+            id.extend_from_slice(self.ext.as_str().as_bytes());
+            id.extend_from_slice(b";1");
         }
+        id
+    }
+
+    /// What `visible` is made of, without building the string: two names
+    /// show the same exactly when their keys are equal (d-characters hold no `.`).
+    fn visible_key(&self) -> u64 {
+        // The eleven zero-padded places, each one of 38 values (padding or a d-character),
+        // as the digits of a base-38 number: 38^11 < 2^64.
+        self.base.buf.iter().chain(&self.ext.buf).fold(0u64, |key, &b| {
+            let digit = match b {
+                0 => 0,
+                b'A'..=b'Z' => 1 + u64::from(b - b'A'),
+                b'0'..=b'9' => 27 + u64::from(b - b'0'),
+                _ => {
+                    debug_assert_eq!(b, b'_', "names hold only d-characters");
+                    37
+                }
+            };
+            key * 38 + digit
+        })
+    }
+
+    /// This name with its name part cut to make room for `_n`.
+    fn with_suffix(&self, n: u32) -> PrimaryName {
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut rest = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let digits = &digits[at..];
+        let keep = self.base.len().min(8usize.saturating_sub(1 + digits.len()));
+        let mut base = [0u8; 8];
+        base[..keep].copy_from_slice(&self.base.buf[..keep]);
+        let mut len = keep;
+        for &b in std::iter::once(&b'_').chain(digits).take(8 - keep) {
+            base[len] = b;
+            len += 1;
+        }
+        PrimaryName { base: Short { buf: base, len: len as u8 }, ..*self }
     }
 
     /// The name a reader that strips versions and trailing dots shows (Linux with `norock`
     /// shows `BASE.EXT` or `BASE`); two entries of a directory must never share it.
+    #[cfg(test)]
     pub(crate) fn visible(&self) -> String {
         if self.ext.is_empty() {
             self.base.as_str().to_owned()
@@ -123,69 +173,159 @@ pub(crate) fn primary_natural(name: &str, is_dir: bool) -> PrimaryName {
 /// order. An entry whose natural name is unique keeps it; the others (all but the first
 /// holder of a shared name) get the natural name part cut to make room for `_N`, with the
 /// smallest `N` that collides with no other name of the directory.
-pub(crate) fn assign_primary(entries: &[(&str, bool)]) -> Vec<PrimaryName> {
+pub(crate) fn assign_primary<'n>(
+    entries: impl IntoIterator<Item = (&'n str, bool)>,
+) -> Vec<PrimaryName> {
     let natural: Vec<PrimaryName> =
-        entries.iter().map(|(name, is_dir)| primary_natural(name, *is_dir)).collect();
-    let mut taken: BTreeSet<String> = natural.iter().map(PrimaryName::visible).collect();
-    let mut claimed = BTreeSet::new();
+        entries.into_iter().map(|(name, is_dir)| primary_natural(name, is_dir)).collect();
+    let mut taken: HashSet<u64> = natural.iter().map(PrimaryName::visible_key).collect();
+    let mut claimed = HashSet::with_capacity(natural.len());
+    // The last suffix handed to each natural name. Every smaller one was taken when tried,
+    // and `taken` only grows, so the search for the next holder resumes there: the same
+    // names as starting from `_1` each time, without the quadratic cost in a directory of
+    // many names that agree on their first eight characters.
+    let mut last_suffix: HashMap<u64, u32> = HashMap::new();
 
     natural
         .into_iter()
         .map(|name| {
-            if claimed.insert(name.visible()) {
+            let key = name.visible_key();
+            if claimed.insert(key) {
                 return name;
             }
-            let mut n = 1u32;
+            let n = last_suffix.entry(key).or_insert(0);
             loop {
-                let suffix = format!("_{n}");
-                let keep = 8 - suffix.len();
-                let base = format!("{}{suffix}", &name.base.as_str()[..name.base.len().min(keep)]);
-                let candidate = PrimaryName { base: Short::new(&base), ..name };
-                if taken.insert(candidate.visible()) {
-                    claimed.insert(candidate.visible());
+                *n += 1;
+                let candidate = name.with_suffix(*n);
+                if taken.insert(candidate.visible_key()) {
+                    claimed.insert(candidate.visible_key());
                     return candidate;
                 }
-                n += 1;
             }
         })
         .collect()
 }
 
-/// The Joliet identifier (UCS-2 big-endian bytes) for `name`.
-///
-/// Characters Joliet forbids (controls, `* / : ; ? \`) and characters outside the Basic
-/// Multilingual Plane become `_`. Names longer than 64 characters are cut; a short
-/// extension (up to 16 characters with its dot) is kept.
+/// The Joliet identifier (UCS-2 big-endian bytes) of `name`, in a vector of its own.
+#[cfg(test)]
 pub(crate) fn joliet_name(name: &str) -> Vec<u8> {
-    let units: Vec<u16> = name
-        .chars()
-        .map(|c| match c {
+    let mut out = Vec::new();
+    joliet_name_into(name, &mut out);
+    out
+}
+
+/// Appends the Joliet identifier (UCS-2 big-endian bytes) of `name` to `out`.
+pub(crate) fn joliet_name_into(name: &str, out: &mut Vec<u8>) {
+    out.extend(joliet_units(name).flat_map(u16::to_be_bytes));
+}
+
+/// The UCS-2 units of a Joliet identifier, mapped from the name as they are read.
+#[derive(Debug, Clone)]
+struct JolietUnits<'n> {
+    head: std::iter::Take<std::str::Chars<'n>>,
+    /// The kept extension of a cut name; empty otherwise.
+    tail: std::str::Chars<'n>,
+}
+
+impl Iterator for JolietUnits<'_> {
+    type Item = u16;
+
+    fn next(&mut self) -> Option<u16> {
+        let c = self.head.next().or_else(|| self.tail.next())?;
+        Some(match c {
             '\0'..='\u{1f}' | '*' | '/' | ':' | ';' | '?' | '\\' => '_' as u16,
             c if (c as u32) > 0xFFFF => '_' as u16,
             c => c as u16,
         })
-        .collect();
+    }
+}
 
-    let cut = if units.len() <= JOLIET_MAX_CHARS {
-        units
-    } else {
-        let dot = units.iter().rposition(|&u| u == '.' as u16).filter(|&d| d > 0);
-        match dot {
-            Some(d) if units.len() - d <= 16 => {
-                let ext = &units[d..];
-                let mut out = units[..JOLIET_MAX_CHARS - ext.len()].to_vec();
-                out.extend_from_slice(ext);
-                out
-            }
-            _ => units[..JOLIET_MAX_CHARS].to_vec(),
+/// The Joliet identifier of `name` as UCS-2 units, computed on demand so that a directory
+/// can be sorted by identifier without holding them.
+///
+/// Characters Joliet forbids (controls, `* / : ; ? \`) and characters outside the Basic
+/// Multilingual Plane become `_`. Names longer than 64 characters are cut; a short
+/// extension (up to 16 characters with its dot) is kept.
+fn joliet_units(name: &str) -> JolietUnits<'_> {
+    let whole = |take| JolietUnits { head: name.chars().take(take), tail: "".chars() };
+    if name.len() <= JOLIET_MAX_CHARS {
+        // No more characters than bytes: nothing to cut, no need to count.
+        return whole(JOLIET_MAX_CHARS);
+    }
+    let count = name.chars().count();
+    if count <= JOLIET_MAX_CHARS {
+        return whole(count);
+    }
+    // Mapping never makes or removes a dot, and gives one unit per character.
+    let dot = name.char_indices().enumerate().filter(|(_, (_, c))| *c == '.').last();
+    match dot {
+        Some((d, (at, _))) if d > 0 && count - d <= 16 => JolietUnits {
+            head: name.chars().take(JOLIET_MAX_CHARS - (count - d)),
+            tail: name[at..].chars(),
+        },
+        _ => whole(JOLIET_MAX_CHARS),
+    }
+}
+
+/// Entries of one directory in Joliet identifier order.
+#[derive(Debug)]
+pub(crate) struct JolietOrder {
+    /// Entry indexes, by identifier.
+    pub sorted: Vec<usize>,
+    /// Two entries with the same identifier, if any: the earliest entry (in name order)
+    /// whose identifier an earlier one already has, and that earlier one.
+    pub collision: Option<(usize, usize)>,
+}
+
+/// Sorts `entries` (indexes in name order, whose names `name` gives) by Joliet identifier.
+/// Big-endian UCS-2 bytes compare like their units, so the units are compared as they are
+/// mapped, and nothing is kept per entry but its name and index.
+pub(crate) fn joliet_order<'n>(
+    entries: impl Iterator<Item = usize>,
+    name: impl Fn(usize) -> &'n str,
+) -> JolietOrder {
+    let mut named: Vec<(&str, usize, bool)> =
+        entries.map(|i| (name(i), i, joliet_verbatim(name(i)))).collect();
+    let ident_cmp = |a: &(&str, usize, bool), b: &(&str, usize, bool)| {
+        if a.2 && b.2 {
+            // Within the Basic Multilingual Plane, UTF-8 sorts like UTF-16.
+            a.0.as_bytes().cmp(b.0.as_bytes())
+        } else {
+            joliet_units(a.0).cmp(joliet_units(b.0))
         }
     };
-    cut.iter().flat_map(|u| u.to_be_bytes()).collect()
+    named.sort_unstable_by(|a, b| ident_cmp(a, b).then(a.1.cmp(&b.1)));
+
+    let mut collision: Option<(usize, usize)> = None;
+    let mut k = 0;
+    while k < named.len() {
+        let mut end = k + 1;
+        while end < named.len() && ident_cmp(&named[k], &named[end]).is_eq() {
+            end += 1;
+        }
+        // Within a group of equal identifiers indexes ascend: the second is the first
+        // repeat of the group.
+        if end - k > 1 && collision.is_none_or(|c| named[k + 1].1 < c.1) {
+            collision = Some((named[k].1, named[k + 1].1));
+        }
+        k = end;
+    }
+    JolietOrder { sorted: named.into_iter().map(|(_, i, _)| i).collect(), collision }
+}
+
+/// Whether `name` is its own Joliet identifier: short enough not to be cut, without
+/// forbidden characters, and within the Basic Multilingual Plane (no 4-byte UTF-8).
+fn joliet_verbatim(name: &str) -> bool {
+    name.len() <= JOLIET_MAX_CHARS
+        && name
+            .bytes()
+            .all(|b| !matches!(b, 0..=0x1f | b'*' | b'/' | b':' | b';' | b'?' | b'\\' | 0xf0..))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn id(name: &str, is_dir: bool) -> String {
         String::from_utf8(primary_natural(name, is_dir).identifier()).expect("ascii")
@@ -217,7 +357,7 @@ mod tests {
 
     #[test]
     fn collisions_get_deterministic_suffixes() {
-        let names = assign_primary(&[
+        let names = assign_primary([
             ("longfilename1.txt", false),
             ("longfilename2.txt", false),
             ("LONGFI_1.TXT", false),
@@ -230,16 +370,70 @@ mod tests {
 
     #[test]
     fn files_without_extension_and_dirs_share_one_namespace() {
-        let names = assign_primary(&[("foo", true), ("foo", false), ("FOO.", false)]);
+        let names = assign_primary([("foo", true), ("foo", false), ("FOO.", false)]);
         let shown: BTreeSet<String> = names.iter().map(PrimaryName::visible).collect();
         assert_eq!(shown.len(), 3, "{names:?}");
+    }
+
+    /// The plain search (`_1`, `_2`, ... for every collider, built with `format!`) that
+    /// `assign_primary` must agree with.
+    fn assign_primary_reference(entries: &[(&str, bool)]) -> Vec<PrimaryName> {
+        let natural: Vec<PrimaryName> =
+            entries.iter().map(|(name, is_dir)| primary_natural(name, *is_dir)).collect();
+        let mut taken: BTreeSet<String> = natural.iter().map(PrimaryName::visible).collect();
+        let mut claimed = BTreeSet::new();
+        natural
+            .into_iter()
+            .map(|name| {
+                if claimed.insert(name.visible()) {
+                    return name;
+                }
+                let mut n = 1u32;
+                loop {
+                    let suffix = format!("_{n}");
+                    let keep = 8 - suffix.len();
+                    let base =
+                        format!("{}{suffix}", &name.base.as_str()[..name.base.len().min(keep)]);
+                    let candidate = PrimaryName { base: Short::new(&base), ..name };
+                    if taken.insert(candidate.visible()) {
+                        claimed.insert(candidate.visible());
+                        return candidate;
+                    }
+                    n += 1;
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resumed_suffix_search_gives_the_names_of_the_plain_search() {
+        let mut owned: Vec<(String, bool)> = Vec::new();
+        for i in 0..300 {
+            owned.push((format!("same-prefix-{i}.log"), false));
+            owned.push((format!("SAME_PR_{}.LOG", i % 37), false));
+            owned.push((format!("same-pre{}", i % 13), i % 2 == 0));
+            owned.push((format!("x{i}"), false));
+            owned.push((format!("shorter{}.c", i % 150), false));
+        }
+        owned.push(("SAME_P_1.LOG".to_owned(), false));
+        let entries: Vec<(&str, bool)> = owned.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        assert_eq!(assign_primary(entries.iter().copied()), assign_primary_reference(&entries));
+        for n in [1, 9, 10, 99, 100, 123_456, 9_999_999] {
+            let name = primary_natural("abcdefghij.txt", false);
+            let expected = {
+                let suffix = format!("_{n}");
+                format!("{}{suffix}", &"ABCDEFGH"[..8 - suffix.len()])
+            };
+            assert_eq!(name.with_suffix(n).base.as_str(), expected);
+        }
+        assert_eq!(primary_natural("ab", true).with_suffix(12).base.as_str(), "AB_12");
     }
 
     #[test]
     fn many_collisions_stay_unique_and_valid() {
         let owned: Vec<String> = (0..1500).map(|i| format!("same-prefix-{i}.log")).collect();
         let entries: Vec<(&str, bool)> = owned.iter().map(|s| (s.as_str(), false)).collect();
-        let names = assign_primary(&entries);
+        let names = assign_primary(entries.iter().copied());
         let shown: BTreeSet<String> = names.iter().map(PrimaryName::visible).collect();
         assert_eq!(shown.len(), 1500);
         assert!(names.iter().all(|n| n.base.len() <= 8));
@@ -259,6 +453,59 @@ mod tests {
         assert_eq!(joliet("smile😀"), "smile_");
         let exact = "x".repeat(64);
         assert_eq!(joliet(&exact), exact);
+    }
+
+    #[test]
+    fn joliet_order_sorts_and_reports_the_first_collision_in_name_order() {
+        let names = ["b?x", "a", "b:x", "c", "a*y", "a:y", "b*x"];
+        let order = joliet_order(0..names.len(), |i| names[i]);
+        assert_eq!(order.sorted, [1, 4, 5, 0, 2, 6, 3]);
+        // Walking in name order, "b:x" (2) is the first to repeat an identifier, of "b?x".
+        assert_eq!(order.collision, Some((0, 2)));
+        assert_eq!(joliet_order([1, 3].into_iter(), |i| names[i]).collision, None);
+    }
+
+    /// The identifier built whole, as a vector of units, the way it is specified.
+    fn joliet_reference(name: &str) -> Vec<u8> {
+        let units: Vec<u16> = name
+            .chars()
+            .map(|c| match c {
+                '\0'..='\u{1f}' | '*' | '/' | ':' | ';' | '?' | '\\' => '_' as u16,
+                c if (c as u32) > 0xFFFF => '_' as u16,
+                c => c as u16,
+            })
+            .collect();
+        let cut = if units.len() <= JOLIET_MAX_CHARS {
+            units
+        } else {
+            let dot = units.iter().rposition(|&u| u == '.' as u16).filter(|&d| d > 0);
+            match dot {
+                Some(d) if units.len() - d <= 16 => {
+                    let ext = &units[d..];
+                    let mut out = units[..JOLIET_MAX_CHARS - ext.len()].to_vec();
+                    out.extend_from_slice(ext);
+                    out
+                }
+                _ => units[..JOLIET_MAX_CHARS].to_vec(),
+            }
+        };
+        cut.iter().flat_map(|u| u.to_be_bytes()).collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn joliet_units_agree_with_the_whole_identifier(
+            name in "[a-z.:?é\u{3000}😀]{0,3}(\\.[a-z😀]{0,20}){0,3}[a-z.]{0,70}",
+            other in "[a-zé\u{3000}]{0,5}[a-z.:?é😀]{0,80}",
+        ) {
+            proptest::prop_assert_eq!(joliet_name(&name), joliet_reference(&name));
+            let order = joliet_reference(&name).cmp(&joliet_reference(&other));
+            proptest::prop_assert_eq!(joliet_units(&name).cmp(joliet_units(&other)), order);
+            let names = [name.as_str(), other.as_str()];
+            let sorted = joliet_order(0..2, |i| names[i]).sorted;
+            let first = if order.is_gt() { 1 } else { 0 };
+            proptest::prop_assert_eq!(sorted[0], first);
+        }
     }
 
     #[test]

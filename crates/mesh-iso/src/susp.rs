@@ -1,6 +1,9 @@
 //! System Use Sharing Protocol (SUSP, IEEE P1281) and Rock Ridge (RRIP, IEEE P1282)
 //! entries, and the packing of entries into a directory record plus continuation areas.
 
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+
 use crate::raw::{both_u32, SECTOR};
 
 /// Length of a CE (continuation area) entry.
@@ -181,39 +184,94 @@ pub(crate) fn pl(lba: u32) -> Vec<u8> {
     e
 }
 
+/// Bytes of continuation areas kept in memory before they go to a temporary file.
+const SPILL_AT: usize = 1 << 20;
+
 /// The continuation areas of one image: a byte region of whole sectors written after the
 /// primary directories. An area never crosses a sector boundary (Linux reads each one
 /// from a single block).
+///
+/// Areas are only ever appended, so what is already packed is final and need not stay in
+/// memory: while measuring it is dropped once counted, and while writing it goes to a
+/// temporary file once it grows past 1 MiB, so that a tree with many long names or link
+/// targets does not hold them all.
 #[derive(Debug)]
 pub(crate) struct ContinuationAreas {
     /// First block of the region (0 while sizes are being measured).
     base_lba: u32,
+    /// Only counting: packed bytes are dropped, not kept.
+    measuring: bool,
+    /// Bytes of the region no longer in `bytes`.
+    moved: usize,
+    /// The region from byte `moved` on.
     bytes: Vec<u8>,
+    /// Where the moved bytes went, while writing.
+    spill: Option<File>,
 }
 
 impl ContinuationAreas {
+    /// Areas to be written, starting at block `base_lba`.
     pub(crate) fn new(base_lba: u32) -> Self {
-        ContinuationAreas { base_lba, bytes: Vec::new() }
+        ContinuationAreas { base_lba, measuring: false, moved: 0, bytes: Vec::new(), spill: None }
+    }
+
+    /// Areas only measured: positions are relative to block 0, bytes are dropped.
+    pub(crate) fn measuring() -> Self {
+        ContinuationAreas { measuring: true, ..ContinuationAreas::new(0) }
     }
 
     /// Number of sectors used so far.
     pub(crate) fn sectors(&self) -> u32 {
-        self.bytes.len().div_ceil(SECTOR) as u32
+        (self.moved + self.bytes.len()).div_ceil(SECTOR) as u32
     }
 
-    /// The region padded to whole sectors.
-    pub(crate) fn into_bytes(mut self) -> Vec<u8> {
-        let len = self.sectors() as usize * SECTOR;
+    /// Moves the bytes packed so far out of memory once they are many.
+    fn release(&mut self) -> io::Result<()> {
+        if self.bytes.len() < SPILL_AT {
+            return Ok(());
+        }
+        if !self.measuring {
+            let file = match &mut self.spill {
+                Some(f) => f,
+                None => self.spill.insert(tempfile::tempfile()?),
+            };
+            file.write_all(&self.bytes)?;
+        }
+        self.moved += self.bytes.len();
+        self.bytes.clear();
+        Ok(())
+    }
+
+    /// The whole region: the spilled part (rewound), then the rest padded to whole sectors.
+    pub(crate) fn into_parts(mut self) -> io::Result<(Option<File>, Vec<u8>)> {
+        let len = self.sectors() as usize * SECTOR - self.moved;
         self.bytes.resize(len, 0);
-        self.bytes
+        if let Some(file) = &mut self.spill {
+            file.seek(SeekFrom::Start(0))?;
+        }
+        Ok((self.spill, self.bytes))
+    }
+
+    /// The whole region in memory.
+    #[cfg(test)]
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        use std::io::Read;
+        let (spill, tail) = self.into_parts().expect("rewind");
+        let mut all = Vec::new();
+        if let Some(mut f) = spill {
+            f.read_to_end(&mut all).expect("read spill");
+        }
+        all.extend(tail);
+        all
     }
 
     /// Packs `entries` into a directory record's system use field of `avail` bytes,
-    /// moving what does not fit into continuation areas; returns the inline bytes.
-    pub(crate) fn pack(&mut self, entries: Vec<Vec<u8>>, avail: usize) -> Vec<u8> {
+    /// moving what does not fit into continuation areas; returns the inline bytes. Fails
+    /// only if the areas cannot be moved to their temporary file.
+    pub(crate) fn pack(&mut self, entries: Vec<Vec<u8>>, avail: usize) -> io::Result<Vec<u8>> {
         let total: usize = entries.iter().map(Vec::len).sum();
         if total <= avail {
-            return entries.concat();
+            return Ok(entries.concat());
         }
 
         let mut inline = Vec::new();
@@ -227,7 +285,8 @@ impl ContinuationAreas {
         }
         let (lba, offset, len) = self.place(rest.collect());
         inline.extend_from_slice(&ce(lba, offset, len));
-        inline
+        self.release()?;
+        Ok(inline)
     }
 
     /// Stores `entries` as a chain of areas (each but the last ending in a CE pointing to
@@ -245,7 +304,7 @@ impl ContinuationAreas {
 
         // Positions first: a CE must know where, and how long, the next area is.
         let mut positions = Vec::with_capacity(chunks.len());
-        let mut pos = self.bytes.len();
+        let mut pos = self.moved + self.bytes.len();
         for (i, chunk) in chunks.iter().enumerate() {
             let len = chunk.len() + if i + 1 < chunks.len() { CE_LEN } else { 0 };
             if pos % SECTOR + len > SECTOR {
@@ -257,7 +316,7 @@ impl ContinuationAreas {
 
         for (i, chunk) in chunks.iter().enumerate() {
             let (at, _) = positions[i];
-            self.bytes.resize(at, 0);
+            self.bytes.resize(at - self.moved, 0);
             self.bytes.extend_from_slice(chunk);
             if let Some(&(next, next_len)) = positions.get(i + 1) {
                 let (lba, offset) = self.locate(next);
@@ -369,13 +428,13 @@ mod tests {
     #[test]
     fn packing_spills_into_a_continuation_area_within_a_sector() {
         let mut areas = ContinuationAreas::new(100);
-        let small = areas.pack(vec![px(0, 1, 0, 0, 1)], 200);
+        let small = areas.pack(vec![px(0, 1, 0, 0, 1)], 200).expect("in memory");
         assert_eq!(small.len(), 44);
         assert_eq!(areas.sectors(), 0);
 
         let mut entries = vec![px(0, 1, 0, 0, 1), tf(0)];
         entries.extend(nm(&"x".repeat(255)));
-        let inline = areas.pack(entries, 200);
+        let inline = areas.pack(entries, 200).expect("in memory");
         assert_eq!(&inline[..2], b"PX");
         assert_eq!(&inline[44..46], b"TF");
         let ce_entry = &inline[70..];
@@ -390,7 +449,7 @@ mod tests {
     fn long_chains_link_areas_with_ce_entries() {
         let mut areas = ContinuationAreas::new(10);
         let target = (0..20).map(|_| "c".repeat(200)).collect::<Vec<_>>().join("/");
-        let inline = areas.pack(sl(&target), 100);
+        let inline = areas.pack(sl(&target), 100).expect("in memory");
         assert_eq!(&inline[..2], b"CE");
         let bytes = areas.into_bytes();
         assert_eq!(bytes.len() % SECTOR, 0);
@@ -401,5 +460,38 @@ mod tests {
         assert_eq!(&tail[..2], b"CE");
         assert_eq!(&tail[4..8], &11u32.to_le_bytes());
         assert_eq!(&tail[12..16], &0u32.to_le_bytes());
+    }
+
+    #[test]
+    fn areas_past_the_memory_limit_go_to_a_file_and_come_back_whole() {
+        let mut areas = ContinuationAreas::new(1000);
+        let mut measured = ContinuationAreas::measuring();
+        let mut pointers = Vec::new();
+        let mut i = 0;
+        while areas.spill.is_none() || i < 10_000 {
+            let name = format!("{i:0>250}");
+            let entries = || {
+                let mut e = vec![px(0, 1, 0, 0, i), tf(0)];
+                e.extend(nm(&name));
+                e
+            };
+            let inline = areas.pack(entries(), 150).expect("spill file");
+            measured.pack(entries(), 150).expect("no file while measuring");
+            let ce = &inline[inline.len() - CE_LEN..];
+            let field = |at: usize| u32::from_le_bytes(ce[at..at + 4].try_into().expect("4"));
+            pointers.push((field(4), field(12), name));
+            i += 1;
+        }
+        assert!(measured.spill.is_none() && measured.bytes.len() < SPILL_AT);
+        assert_eq!(measured.sectors(), areas.sectors());
+
+        let bytes = areas.into_bytes();
+        assert_eq!(bytes.len() % SECTOR, 0);
+        for (lba, offset, name) in pointers {
+            let at = (lba - 1000) as usize * SECTOR + offset as usize;
+            // The area holds the NM entries: header, flags, then the name.
+            assert_eq!(&bytes[at..at + 2], b"NM");
+            assert_eq!(&bytes[at + 5..at + 5 + 10], &name.as_bytes()[..10]);
+        }
     }
 }

@@ -1,11 +1,16 @@
-//! The in-memory description of what goes into an image: directories, files (bytes or a
-//! path on disk, read only when the image is written) and symbolic links, with their POSIX
-//! attributes.
+//! The description of what goes into an image: directories, files (bytes, or a path on
+//! disk read only when the image is written) and symbolic links, with their POSIX
+//! attributes. Directories and entries added one by one are nodes in memory; the files and
+//! links of directories described from disk are records in the [catalog](crate::catalog).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, Metadata};
+use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::catalog::{Catalog, RecordKind, Run, RunReader, RunWriter};
 
 /// Longest name component Rock Ridge readers (and Linux) accept, in bytes.
 const MAX_NAME_BYTES: usize = 255;
@@ -83,6 +88,35 @@ pub enum TreeError {
         /// The disk path, lossily printable.
         path: PathBuf,
     },
+    /// The tree would have more directories than an image can number (65535).
+    #[error("{path:?} is one directory more than the 65535 an ISO 9660 image can hold")]
+    NumberDirectories {
+        /// The image path of the first directory over the limit.
+        path: String,
+    },
+    /// Creating the temporary file that records the entries found on disk failed.
+    #[error("cannot create a temporary file in {path}")]
+    CreateCatalog {
+        /// The temporary directory (`TMPDIR`).
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Recording entries found on disk in the temporary file failed.
+    #[error("cannot record entries in the temporary file")]
+    WriteCatalog {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading recorded entries back from the temporary file failed.
+    #[error("cannot read recorded entries back from the temporary file")]
+    ReadCatalog {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A symbolic link target is empty, contains NUL, or is not valid UTF-8.
     #[error("symbolic link {path:?} has an invalid target: {reason}")]
     InvalidSymlinkTarget {
@@ -96,7 +130,10 @@ pub enum TreeError {
 /// Index of a node in [`IsoTree::nodes`].
 pub(crate) type NodeId = usize;
 
-/// Where the bytes of a file come from.
+/// Most directories an image can hold: path tables number them with 16 bits.
+pub(crate) const MAX_DIRECTORIES: usize = u16::MAX as usize;
+
+/// Where the bytes of a file held as a node come from.
 #[derive(Debug, Clone)]
 pub(crate) enum FileData {
     /// Held in memory.
@@ -108,51 +145,188 @@ pub(crate) enum FileData {
 /// What a node is.
 #[derive(Debug, Clone)]
 pub(crate) enum NodeKind {
-    /// A directory; children by name, so iteration order is deterministic.
-    Dir { children: BTreeMap<String, NodeId> },
+    /// A directory: its subdirectories and the entries added one by one, by name (so
+    /// iteration order is deterministic), plus the files and symbolic links of the disk
+    /// directories grafted here, which live in the catalog.
+    Dir { children: BTreeMap<String, NodeId>, runs: Vec<Run> },
     /// A regular file of `size` bytes.
     File { data: FileData, size: u64 },
     /// A symbolic link.
     Symlink { target: String },
 }
 
-/// One entry of the tree with its POSIX attributes.
-#[derive(Debug, Clone)]
-pub(crate) struct Node {
-    pub kind: NodeKind,
+/// The POSIX attributes of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Attrs {
     /// Permission bits (`0o7777`), without the file type.
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
     /// Modification time in Unix seconds; `None` means "when the image is written".
     pub mtime: Option<i64>,
+    /// The Rock Ridge serial number (PX): the entry's position in the order entries were
+    /// described, starting at 1 for the root.
+    pub serial: u32,
+}
+
+impl Attrs {
+    fn from_disk(meta: &Metadata, serial: u32) -> Self {
+        Attrs {
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime: Some(meta.mtime()),
+            serial,
+        }
+    }
+}
+
+/// A directory, or an entry added one by one, with its POSIX attributes.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub kind: NodeKind,
+    pub attrs: Attrs,
+    /// The directory holding this node (the root holds itself).
+    pub parent: NodeId,
 }
 
 impl Node {
     fn dir(mode: u32) -> Self {
-        Node {
-            kind: NodeKind::Dir { children: BTreeMap::new() },
-            mode: mode & 0o7777,
-            uid: 0,
-            gid: 0,
-            mtime: None,
+        Node::new(NodeKind::Dir { children: BTreeMap::new(), runs: Vec::new() }, mode)
+    }
+
+    /// A node owned by root, timestamped when the image is written; `attach` numbers it.
+    fn new(kind: NodeKind, mode: u32) -> Self {
+        let attrs = Attrs { mode: mode & 0o7777, uid: 0, gid: 0, mtime: None, serial: 0 };
+        Node { kind, attrs, parent: ROOT }
+    }
+
+    fn is_dir(&self) -> bool {
+        matches!(self.kind, NodeKind::Dir { .. })
+    }
+
+    /// Takes the mode, owner, group and time of `meta`, keeping the serial number.
+    fn set_disk_attrs(&mut self, meta: &Metadata) {
+        self.attrs = Attrs::from_disk(meta, self.attrs.serial);
+    }
+}
+
+/// One child of a directory as the writer sees it, whether a node or a catalog record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<'l> {
+    pub name: &'l str,
+    pub kind: EntryKind<'l>,
+    pub attrs: Attrs,
+}
+
+/// What a child is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EntryKind<'l> {
+    Dir(NodeId),
+    File { size: u64, source: FileSource },
+    Symlink { target: &'l str },
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FileSource {
+    /// A file node (bytes in memory, or a disk path of its own).
+    Node(NodeId),
+    /// A file of the disk directory of run `i` of the listing.
+    Disk(usize),
+}
+
+/// Where a child of a listing is described.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// `Listing::nodes[i]`.
+    Node(u32),
+    /// Record `record` of `Listing::runs[run]`.
+    Record { run: u32, record: u32 },
+}
+
+/// The children of one directory, by name, as compact references: a child's name and
+/// attributes are read from its node or its catalog record only when asked for, so a
+/// directory of a million entries costs little more than its records' bytes.
+#[derive(Debug)]
+pub(crate) struct Listing<'t> {
+    /// Children that are nodes, with their names.
+    nodes: Vec<(&'t str, NodeId)>,
+    runs: Vec<RunReader>,
+    slots: Vec<Slot>,
+    /// Each node's attributes, read through `tree`.
+    tree: &'t IsoTree,
+}
+
+impl<'t> Listing<'t> {
+    /// A listing of the given nodes of `tree`, in the given order.
+    pub(crate) fn of_nodes(tree: &'t IsoTree, nodes: Vec<(&'t str, NodeId)>) -> Self {
+        let slots = (0..nodes.len() as u32).map(Slot::Node).collect();
+        Listing { nodes, runs: Vec::new(), slots, tree }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn name(&self, i: usize) -> &str {
+        match self.slots[i] {
+            Slot::Node(n) => self.nodes[n as usize].0,
+            Slot::Record { run, record } => self.runs[run as usize].name(record as usize),
         }
     }
 
-    fn with_disk_attrs(mut self, meta: &Metadata) -> Self {
-        self.mode = meta.mode() & 0o7777;
-        self.uid = meta.uid();
-        self.gid = meta.gid();
-        self.mtime = Some(meta.mtime());
-        self
+    pub(crate) fn entry(&self, i: usize) -> Entry<'_> {
+        match self.slots[i] {
+            Slot::Node(n) => {
+                let (name, id) = self.nodes[n as usize];
+                let node = &self.tree.nodes[id];
+                let kind = match &node.kind {
+                    NodeKind::Dir { .. } => EntryKind::Dir(id),
+                    NodeKind::File { size, .. } => {
+                        EntryKind::File { size: *size, source: FileSource::Node(id) }
+                    }
+                    NodeKind::Symlink { target } => EntryKind::Symlink { target },
+                };
+                Entry { name, kind, attrs: node.attrs }
+            }
+            Slot::Record { run, record } => {
+                let record = self.runs[run as usize].record(record as usize);
+                let kind = match record.kind {
+                    RecordKind::File { size } => {
+                        EntryKind::File { size, source: FileSource::Disk(run as usize) }
+                    }
+                    RecordKind::Symlink { target } => EntryKind::Symlink { target },
+                };
+                Entry { name: record.name, kind, attrs: record.attrs }
+            }
+        }
+    }
+
+    /// The tree the listing's nodes belong to.
+    pub(crate) fn tree(&self) -> &'t IsoTree {
+        self.tree
+    }
+
+    /// The disk directory of the files of run `run`.
+    pub(crate) fn disk_dir(&self, run: usize) -> &Path {
+        self.runs[run].disk_dir()
     }
 }
 
 /// An in-memory description of an image's content.
 ///
 /// File contents are either bytes held here or a disk path that is opened and streamed
-/// only when the image is written, so describing a large tree costs memory proportional
-/// to the number of entries, not to their size.
+/// only when the image is written. Directories, and entries added one by one, are held in
+/// memory; the files and symbolic links of directories described from disk
+/// ([`IsoTree::from_dir`], [`IsoTree::add_dir_from_disk`]) are recorded in an unnamed
+/// temporary file in [`std::env::temp_dir`] instead, so describing and writing a large tree
+/// takes memory in proportion to its number of directories (at most 65535 in an image) and
+/// to its largest directory, not to its number of files.
+///
+/// What is recorded is what the disk held when the tree was described: later changes to
+/// those directories are not picked up, and a file whose size changed is an error when the
+/// image is written.
 ///
 /// # Examples
 ///
@@ -165,13 +339,23 @@ impl Node {
 /// tree.add_dir("empty", 0o700)?;
 /// # Ok::<(), mesh_iso::TreeError>(())
 /// ```
-// FIXME: memory is about 500 bytes per entry while writing (12 MiB at 20,000 files, 48 MiB
-// at 100,000), so trees beyond ~130,000 entries exceed the 64 MiB goal. Keeping one disk
-// path per directory instead of per file, or describing the tree directory by directory
-// while writing, would bound it; matters only for repositories far larger than ours.
+// FIXME: memory is bounded by the directories, not by the largest one. Writing holds one
+// directory's records and names at a time, about 190 bytes per entry (200,000 files in a
+// single directory peak at 42 MiB RSS, so 64 MiB is crossed near 300,000 entries in one
+// directory), and describing holds the names of the directories from the root down to the
+// one being read. Each directory costs about 500 bytes (37 MiB for 63,000 directories;
+// an image holds at most 65535), more with long names. Sorting a huge directory in spilled
+// chunks would bound it too; matters only for directories of hundreds of thousands of
+// entries, which no tree we make has.
 #[derive(Debug, Clone)]
 pub struct IsoTree {
     pub(crate) nodes: Vec<Node>,
+    /// Entries described so far, the root included: the last serial number handed out.
+    described: u32,
+    /// Directories in the tree, the root included.
+    dirs: usize,
+    /// Created on the first directory described from disk.
+    catalog: Option<Arc<Catalog>>,
 }
 
 impl Default for IsoTree {
@@ -186,7 +370,9 @@ pub(crate) const ROOT: NodeId = 0;
 impl IsoTree {
     /// An empty tree: just the root directory, mode 0755, owned by root.
     pub fn new() -> Self {
-        IsoTree { nodes: vec![Node::dir(0o755)] }
+        let mut root = Node::dir(0o755);
+        root.attrs.serial = 1;
+        IsoTree { nodes: vec![root], described: 1, dirs: 1, catalog: None }
     }
 
     /// Describes the content of `dir`: every file, directory and symbolic link below it
@@ -216,12 +402,11 @@ impl IsoTree {
 
         let components = split_path(iso_path, true)?;
         let dir = self.ensure_dir(iso_path, &components)?;
-        let attrs = Node::dir(0).with_disk_attrs(&meta);
-        let node = &mut self.nodes[dir];
-        (node.mode, node.uid, node.gid, node.mtime) =
-            (attrs.mode, attrs.uid, attrs.gid, attrs.mtime);
-
-        self.graft(dir, iso_path.trim_matches('/'), disk_dir)
+        self.nodes[dir].set_disk_attrs(&meta);
+        self.graft(dir, iso_path.trim_matches('/'), disk_dir)?;
+        // Up to half the vector is room to grow, which a large tree need not keep.
+        self.nodes.shrink_to_fit();
+        Ok(())
     }
 
     /// Adds the regular file `disk_file` at `iso_path` with its mode, owner, group and
@@ -242,11 +427,9 @@ impl IsoTree {
                 expected: "regular file",
             });
         }
-        let node = Node {
-            kind: NodeKind::File { data: FileData::Disk(disk_file.to_owned()), size: meta.len() },
-            ..Node::dir(0)
-        }
-        .with_disk_attrs(&meta);
+        let data = FileData::Disk(disk_file.to_owned());
+        let mut node = Node::new(NodeKind::File { data, size: meta.len() }, 0);
+        node.set_disk_attrs(&meta);
         self.insert(iso_path, node)
     }
 
@@ -259,10 +442,7 @@ impl IsoTree {
         mode: u32,
     ) -> Result<(), TreeError> {
         let size = contents.len() as u64;
-        let node = Node {
-            kind: NodeKind::File { data: FileData::Bytes(contents), size },
-            ..Node::dir(mode)
-        };
+        let node = Node::new(NodeKind::File { data: FileData::Bytes(contents), size }, mode);
         self.insert(iso_path, node)
     }
 
@@ -271,7 +451,7 @@ impl IsoTree {
     pub fn add_dir(&mut self, iso_path: &str, mode: u32) -> Result<(), TreeError> {
         let components = split_path(iso_path, false)?;
         let dir = self.ensure_dir(iso_path, &components)?;
-        self.nodes[dir].mode = mode & 0o7777;
+        self.nodes[dir].attrs.mode = mode & 0o7777;
         Ok(())
     }
 
@@ -279,8 +459,7 @@ impl IsoTree {
     /// Rock Ridge records it; without Rock Ridge the image cannot be written.
     pub fn add_symlink(&mut self, iso_path: &str, target: &str) -> Result<(), TreeError> {
         check_symlink_target(iso_path, target)?;
-        let node =
-            Node { kind: NodeKind::Symlink { target: target.to_owned() }, ..Node::dir(0o777) };
+        let node = Node::new(NodeKind::Symlink { target: target.to_owned() }, 0o777);
         self.insert(iso_path, node)
     }
 
@@ -289,90 +468,106 @@ impl IsoTree {
         let components = split_path(iso_path, false)?;
         let (name, parents) = components.split_last().expect("split_path returns a component");
         let parent = self.ensure_dir(iso_path, parents)?;
+        if self.in_catalog(parent, name)? {
+            return Err(TreeError::AlreadyExists { path: iso_path.to_owned() });
+        }
         self.attach(parent, name, node, iso_path).map(drop)
     }
 
-    /// Adds `node` as child `name` of directory `parent`.
+    /// Adds `node` as child `name` of directory `parent`, numbering it. Names in the
+    /// catalog are the caller's to check.
     fn attach(
         &mut self,
         parent: NodeId,
         name: &str,
-        node: Node,
+        mut node: Node,
         iso_path: &str,
     ) -> Result<NodeId, TreeError> {
         let id = self.nodes.len();
-        let NodeKind::Dir { children } = &mut self.nodes[parent].kind else {
+        let is_dir = node.is_dir();
+        if is_dir && self.dirs >= MAX_DIRECTORIES {
+            return Err(TreeError::NumberDirectories { path: iso_path.to_owned() });
+        }
+        let NodeKind::Dir { children, .. } = &mut self.nodes[parent].kind else {
             unreachable!("attach is only called with directories");
         };
         if children.contains_key(name) {
             return Err(TreeError::AlreadyExists { path: iso_path.to_owned() });
         }
         children.insert(name.to_owned(), id);
+        node.attrs.serial = self.next_serial();
+        node.parent = parent;
         self.nodes.push(node);
+        self.dirs += usize::from(is_dir);
         Ok(id)
+    }
+
+    /// The number of entries described, the root included: the last serial number.
+    pub(crate) fn described(&self) -> u32 {
+        self.described
+    }
+
+    fn next_serial(&mut self) -> u32 {
+        self.described += 1;
+        self.described
     }
 
     /// Walks (and creates, mode 0755) the directories named by `components`.
     fn ensure_dir(&mut self, iso_path: &str, components: &[&str]) -> Result<NodeId, TreeError> {
         let mut dir = ROOT;
         for (depth, name) in components.iter().enumerate() {
-            let NodeKind::Dir { children } = &self.nodes[dir].kind else {
-                unreachable!("ensure_dir only descends into directories");
-            };
-            dir = match children.get(*name) {
-                Some(&child) => {
-                    if !matches!(self.nodes[child].kind, NodeKind::Dir { .. }) {
-                        return Err(TreeError::NotADirectory {
-                            path: components[..=depth].join("/"),
-                        });
-                    }
-                    child
-                }
+            let not_a_dir = || TreeError::NotADirectory { path: components[..=depth].join("/") };
+            dir = match self.child(dir, name) {
+                Some(child) if self.nodes[child].is_dir() => child,
+                Some(_) => return Err(not_a_dir()),
+                // Only files and symbolic links are in the catalog.
+                None if self.in_catalog(dir, name)? => return Err(not_a_dir()),
                 None => self.attach(dir, name, Node::dir(0o755), iso_path)?,
             };
         }
         Ok(dir)
     }
 
-    /// Copies the entries below `disk_dir` into directory node `dir`.
+    /// Copies the entries below `disk_dir` into directory node `dir`: subdirectories as
+    /// nodes, everything else as one catalog run.
     fn graft(&mut self, dir: NodeId, iso_dir: &str, disk_dir: &Path) -> Result<(), TreeError> {
         let read = |source| TreeError::ReadDir { path: disk_dir.to_owned(), source };
-        let mut entries = Vec::new();
+        let mut names = Vec::new();
         for entry in fs::read_dir(disk_dir).map_err(read)? {
             let entry = entry.map_err(read)?;
-            let path = entry.path();
             let name = entry
                 .file_name()
                 .into_string()
-                .map_err(|_| TreeError::NonUtf8Name { path: path.clone() })?;
-            entries.push((name, path));
+                .map_err(|_| TreeError::NonUtf8Name { path: entry.path() })?;
+            names.push(name);
         }
-        // Sorted so errors and node numbering do not depend on the directory's order.
-        entries.sort();
+        // Sorted so errors and serial numbers do not depend on the directory's order.
+        names.sort_unstable();
+        // Files and links an earlier graft put here, which the new entries must not hit.
+        let earlier = self.catalog_names(dir)?;
 
-        for (name, path) in entries {
-            let iso_path =
-                if iso_dir.is_empty() { name.clone() } else { format!("{iso_dir}/{name}") };
+        let mut run = RunWriter::new(disk_dir);
+        for name in names {
+            let path = disk_dir.join(&name);
+            let iso_path = || join(iso_dir, &name);
+            let taken = earlier.contains(name.as_str());
             let meta = fs::symlink_metadata(&path)
                 .map_err(|source| TreeError::Stat { path: path.clone(), source })?;
             let ft = meta.file_type();
             if ft.is_dir() {
                 let child = match self.child(dir, &name) {
-                    Some(existing) if matches!(self.nodes[existing].kind, NodeKind::Dir { .. }) => {
-                        existing
-                    }
-                    Some(_) => return Err(TreeError::AlreadyExists { path: iso_path }),
-                    None => self.attach(dir, &name, Node::dir(0), &iso_path)?,
+                    Some(existing) if self.nodes[existing].is_dir() => existing,
+                    Some(_) => return Err(TreeError::AlreadyExists { path: iso_path() }),
+                    None if taken => return Err(TreeError::AlreadyExists { path: iso_path() }),
+                    None => self.attach(dir, &name, Node::dir(0), &iso_path())?,
                 };
-                let attrs = Node::dir(0).with_disk_attrs(&meta);
-                let node = &mut self.nodes[child];
-                (node.mode, node.uid, node.gid, node.mtime) =
-                    (attrs.mode, attrs.uid, attrs.gid, attrs.mtime);
-                self.graft(child, &iso_path, &path)?;
+                self.nodes[child].set_disk_attrs(&meta);
+                self.graft(child, &iso_path(), &path)?;
             } else if ft.is_file() {
-                let data = FileData::Disk(path);
-                let node = Node { kind: NodeKind::File { data, size: meta.len() }, ..Node::dir(0) };
-                self.attach(dir, &name, node.with_disk_attrs(&meta), &iso_path)?;
+                if taken || self.child(dir, &name).is_some() {
+                    return Err(TreeError::AlreadyExists { path: iso_path() });
+                }
+                run.file(&name, meta.len(), &Attrs::from_disk(&meta, self.next_serial()));
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path)
                     .map_err(|source| TreeError::ReadLink { path: path.clone(), source })?;
@@ -380,31 +575,171 @@ impl IsoTree {
                     .into_os_string()
                     .into_string()
                     .map_err(|_| TreeError::NonUtf8Name { path: path.clone() })?;
-                check_symlink_target(&iso_path, &target)?;
-                let node = Node { kind: NodeKind::Symlink { target }, ..Node::dir(0) };
-                self.attach(dir, &name, node.with_disk_attrs(&meta), &iso_path)?;
+                check_symlink_target(&iso_path(), &target)?;
+                if taken || self.child(dir, &name).is_some() {
+                    return Err(TreeError::AlreadyExists { path: iso_path() });
+                }
+                run.symlink(&name, &target, &Attrs::from_disk(&meta, self.next_serial()));
             } else {
                 let kind = special_kind(&meta).unwrap_or("special file");
                 return Err(TreeError::SpecialFile { path, kind });
             }
         }
+        self.store_run(dir, &run)
+    }
+
+    /// Appends `run` to the catalog (created on first use) as part of directory `dir`.
+    fn store_run(&mut self, dir: NodeId, run: &RunWriter) -> Result<(), TreeError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let catalog = match &self.catalog {
+            Some(c) => c,
+            None => {
+                let c = Catalog::new().map_err(|source| TreeError::CreateCatalog {
+                    path: std::env::temp_dir(),
+                    source,
+                })?;
+                self.catalog.insert(Arc::new(c))
+            }
+        };
+        let stored = catalog.append(run).map_err(|source| TreeError::WriteCatalog { source })?;
+        let NodeKind::Dir { runs, .. } = &mut self.nodes[dir].kind else {
+            unreachable!("runs are only stored in directories");
+        };
+        // Nearly every directory gets exactly one run: no room for more.
+        runs.reserve_exact(1);
+        runs.push(stored);
         Ok(())
+    }
+
+    /// The runs of directory `dir`, read back.
+    fn runs(&self, dir: NodeId) -> io::Result<Vec<RunReader>> {
+        let (NodeKind::Dir { runs, .. }, Some(catalog)) = (&self.nodes[dir].kind, &self.catalog)
+        else {
+            return Ok(Vec::new());
+        };
+        runs.iter().map(|&run| catalog.read(run)).collect()
+    }
+
+    /// Whether directory `dir` has a catalog entry called `name`.
+    // Reads the directory's runs each time: adding entries one by one into a large
+    // directory described from disk is quadratic, which no caller does.
+    fn in_catalog(&self, dir: NodeId, name: &str) -> Result<bool, TreeError> {
+        let runs = self.runs(dir).map_err(|source| TreeError::ReadCatalog { source })?;
+        Ok(runs.iter().any(|run| (0..run.len()).any(|i| run.name(i) == name)))
+    }
+
+    /// The names of the catalog entries of directory `dir`.
+    fn catalog_names(&self, dir: NodeId) -> Result<HashSet<String>, TreeError> {
+        let runs = self.runs(dir).map_err(|source| TreeError::ReadCatalog { source })?;
+        Ok(runs.iter().flat_map(|run| (0..run.len()).map(|i| run.name(i).to_owned())).collect())
     }
 
     fn child(&self, dir: NodeId, name: &str) -> Option<NodeId> {
         match &self.nodes[dir].kind {
-            NodeKind::Dir { children } => children.get(name).copied(),
+            NodeKind::Dir { children, .. } => children.get(name).copied(),
             _ => None,
         }
     }
 
-    /// The children of directory `id` in name order; empty for other nodes.
-    pub(crate) fn children(&self, id: NodeId) -> impl Iterator<Item = (&str, NodeId)> + '_ {
-        let map = match &self.nodes[id].kind {
-            NodeKind::Dir { children } => Some(children),
-            _ => None,
+    /// The number of subdirectories of directory `dir`.
+    pub(crate) fn subdirs(&self, dir: NodeId) -> usize {
+        match &self.nodes[dir].kind {
+            NodeKind::Dir { children, .. } => {
+                children.values().filter(|&&c| self.nodes[c].is_dir()).count()
+            }
+            _ => 0,
+        }
+    }
+
+    /// The children of directory `dir` (nodes and catalog records alike), by name.
+    pub(crate) fn listing(&self, dir: NodeId) -> io::Result<Listing<'_>> {
+        let NodeKind::Dir { children, .. } = &self.nodes[dir].kind else {
+            return Ok(Listing::of_nodes(self, Vec::new()));
         };
-        map.into_iter().flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), *v)))
+        let nodes: Vec<(&str, NodeId)> = children.iter().map(|(k, &v)| (k.as_str(), v)).collect();
+        let mut listing = Listing::of_nodes(self, nodes);
+        listing.runs = self.runs(dir)?;
+        let records: usize = listing.runs.iter().map(RunReader::len).sum();
+        listing.slots.reserve_exact(records);
+        for (run, reader) in listing.runs.iter().enumerate() {
+            listing.slots.extend(
+                (0..reader.len() as u32).map(|record| Slot::Record { run: run as u32, record }),
+            );
+        }
+        // Names are unique across nodes and runs, and each part is sorted already.
+        if listing.runs.len() > 1 || (!listing.runs.is_empty() && !listing.nodes.is_empty()) {
+            let mut slots = std::mem::take(&mut listing.slots);
+            let name = |slot: &Slot| match *slot {
+                Slot::Node(n) => listing.nodes[n as usize].0,
+                Slot::Record { run, record } => listing.runs[run as usize].name(record as usize),
+            };
+            slots.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+            listing.slots = slots;
+        }
+        Ok(listing)
+    }
+
+    /// The same tree with every catalog record made a node, the way trees were held before
+    /// the catalog existed: what the writer must not be able to tell apart.
+    #[cfg(test)]
+    pub(crate) fn without_catalog(&self) -> IsoTree {
+        let mut out = self.clone();
+        out.catalog = None;
+        for dir in 0..self.nodes.len() {
+            let runs = self.runs(dir).expect("catalog readable");
+            for run in &runs {
+                for i in 0..run.len() {
+                    let record = run.record(i);
+                    let kind = match record.kind {
+                        RecordKind::File { size } => {
+                            let path = run.disk_dir().join(record.name);
+                            NodeKind::File { data: FileData::Disk(path), size }
+                        }
+                        RecordKind::Symlink { target } => {
+                            NodeKind::Symlink { target: target.to_owned() }
+                        }
+                    };
+                    let id = out.nodes.len();
+                    out.nodes.push(Node { kind, attrs: record.attrs, parent: dir });
+                    let NodeKind::Dir { children, .. } = &mut out.nodes[dir].kind else {
+                        unreachable!("runs belong to directories");
+                    };
+                    children.insert(record.name.to_owned(), id);
+                }
+            }
+            if let NodeKind::Dir { runs, .. } = &mut out.nodes[dir].kind {
+                runs.clear();
+            }
+        }
+        out
+    }
+
+    /// The image path of node `id`, for error messages.
+    pub(crate) fn path_of(&self, id: NodeId) -> String {
+        let mut parts = Vec::new();
+        let mut at = id;
+        while at != ROOT {
+            let parent = self.nodes[at].parent;
+            if let NodeKind::Dir { children, .. } = &self.nodes[parent].kind {
+                if let Some((name, _)) = children.iter().find(|(_, &c)| c == at) {
+                    parts.push(name.as_str());
+                }
+            }
+            at = parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+}
+
+/// `dir/name`, or `name` at the root.
+pub(crate) fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
     }
 }
 
@@ -469,10 +804,10 @@ mod tests {
         tree.add_file_bytes("a/b/c.txt", b"x".to_vec(), 0o600).expect("valid path");
         let a = tree.child(ROOT, "a").expect("a created");
         let b = tree.child(a, "b").expect("b created");
-        assert_eq!(tree.nodes[a].mode, 0o755);
-        assert_eq!(tree.nodes[b].mode, 0o755);
+        assert_eq!(tree.nodes[a].attrs.mode, 0o755);
+        assert_eq!(tree.nodes[b].attrs.mode, 0o755);
         let c = tree.child(b, "c.txt").expect("file added");
-        assert_eq!(tree.nodes[c].mode, 0o600);
+        assert_eq!(tree.nodes[c].attrs.mode, 0o600);
     }
 
     #[test]
@@ -517,6 +852,128 @@ mod tests {
         tree.add_file_bytes("d/f", Vec::new(), 0o644).expect("valid path");
         tree.add_dir("d", 0o700).expect("existing dir");
         let d = tree.child(ROOT, "d").expect("d exists");
-        assert_eq!(tree.nodes[d].mode, 0o700);
+        assert_eq!(tree.nodes[d].attrs.mode, 0o700);
+    }
+
+    fn disk_tree() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        fs::create_dir_all(root.join("d/sub")).expect("mkdir");
+        fs::write(root.join("a.txt"), b"a").expect("write");
+        fs::write(root.join("d/b.txt"), b"b").expect("write");
+        std::os::unix::fs::symlink("../a.txt", root.join("d/link")).expect("symlink");
+        tmp
+    }
+
+    #[test]
+    fn disk_files_and_links_live_in_the_catalog_and_directories_in_memory() {
+        let src = disk_tree();
+        let tree = IsoTree::from_dir(src.path()).expect("tree");
+        // The root, d and d/sub: no node per file or link.
+        assert_eq!(tree.nodes.len(), 3);
+        assert_eq!(tree.described(), 6);
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "link", "sub"]);
+        assert!(matches!(listing.entry(1).kind, EntryKind::Symlink { target: "../a.txt" }));
+        assert!(matches!(listing.entry(2).kind, EntryKind::Dir(_)));
+        // Serial numbers follow the order entries were described, depth first.
+        let serials: Vec<u32> = (0..listing.len()).map(|i| listing.entry(i).attrs.serial).collect();
+        assert_eq!(serials, [4, 5, 6]);
+    }
+
+    #[test]
+    fn entries_added_over_disk_entries_are_refused_by_path() {
+        let src = disk_tree();
+        let mut tree = IsoTree::from_dir(src.path()).expect("tree");
+        for path in ["a.txt", "d/b.txt", "d/link"] {
+            assert!(
+                matches!(
+                    tree.add_file_bytes(path, Vec::new(), 0o644),
+                    Err(TreeError::AlreadyExists { path: p }) if p == path
+                ),
+                "{path}"
+            );
+        }
+        assert!(matches!(
+            tree.add_symlink("d/b.txt", "x"),
+            Err(TreeError::AlreadyExists { path }) if path == "d/b.txt"
+        ));
+        assert!(matches!(
+            tree.add_dir("d/b.txt/deeper", 0o755),
+            Err(TreeError::NotADirectory { path }) if path == "d/b.txt"
+        ));
+        // Beside them, and into a directory from disk, is fine; the listing merges both.
+        tree.add_file_bytes("d/c.txt", Vec::new(), 0o644).expect("new name");
+        tree.add_file_bytes("d/sub/x", Vec::new(), 0o644).expect("into a disk directory");
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "c.txt", "link", "sub"]);
+    }
+
+    #[test]
+    fn grafts_that_collide_are_refused_and_disjoint_ones_merge() {
+        let first = disk_tree();
+        let second = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(second.path().join("d")).expect("mkdir");
+        fs::write(second.path().join("d/z.txt"), b"z").expect("write");
+        fs::write(second.path().join("top"), b"t").expect("write");
+
+        let mut tree = IsoTree::from_dir(first.path()).expect("tree");
+        tree.add_dir_from_disk("", second.path()).expect("disjoint");
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "link", "sub", "z.txt"]);
+
+        // A file over a disk file, a directory over a disk file, a file over a directory.
+        let clash = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(clash.path().join("d")).expect("mkdir");
+        fs::write(clash.path().join("d/b.txt"), b"again").expect("write");
+        let err = IsoTree::from_dir(first.path())
+            .and_then(|mut t| t.add_dir_from_disk("", clash.path()))
+            .expect_err("file over file");
+        assert!(matches!(&err, TreeError::AlreadyExists { path } if path == "d/b.txt"), "{err}");
+
+        let clash = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(clash.path().join("a.txt")).expect("mkdir");
+        let err = IsoTree::from_dir(first.path())
+            .and_then(|mut t| t.add_dir_from_disk("", clash.path()))
+            .expect_err("directory over file");
+        assert!(matches!(&err, TreeError::AlreadyExists { path } if path == "a.txt"), "{err}");
+
+        let clash = tempfile::tempdir().expect("tempdir");
+        fs::write(clash.path().join("d"), b"not a dir").expect("write");
+        let err = IsoTree::from_dir(first.path())
+            .and_then(|mut t| t.add_dir_from_disk("", clash.path()))
+            .expect_err("file over directory");
+        assert!(matches!(&err, TreeError::AlreadyExists { path } if path == "d"), "{err}");
+    }
+
+    #[test]
+    fn what_was_described_is_what_is_listed_even_if_the_disk_changes() {
+        let src = disk_tree();
+        let tree = IsoTree::from_dir(src.path()).expect("tree");
+        fs::write(src.path().join("d/later.txt"), b"new").expect("write");
+        fs::remove_file(src.path().join("d/link")).expect("rm");
+        let d = tree.child(ROOT, "d").expect("d");
+        let listing = tree.listing(d).expect("listing");
+        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        assert_eq!(names, ["b.txt", "link", "sub"]);
+    }
+
+    #[test]
+    fn directories_beyond_what_an_image_can_number_are_refused() {
+        let mut tree = IsoTree::new();
+        for i in 1..MAX_DIRECTORIES {
+            tree.add_dir(&format!("d{i}"), 0o755).expect("within the limit");
+        }
+        assert!(matches!(
+            tree.add_file_bytes("one-more/f", Vec::new(), 0o644),
+            Err(TreeError::NumberDirectories { path }) if path == "one-more/f"
+        ));
+        tree.add_file_bytes("files-are-fine", Vec::new(), 0o644).expect("not a directory");
     }
 }

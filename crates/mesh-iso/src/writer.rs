@@ -7,11 +7,18 @@
 //! again, with the final positions, to write them. The image is then written strictly in
 //! order, which is why a plain [`Write`] is enough: no seeking back.
 //!
+//! Nothing is kept per entry. The plan holds one record per directory (its place in both
+//! hierarchies, its 8.3 name, where its extent and its files' contents start); every pass
+//! that needs a directory's entries (naming, measuring, writing the directory, writing the
+//! files) lists it again from the tree and its catalog runs and forgets it afterwards.
+//! Files are laid out directory by directory in identifier order, so a file's block follows
+//! from its directory's first block and the sizes of the files before it. Extents go out a
+//! sector at a time, and continuation areas move to a temporary file once past 1 MiB.
+//!
 //! Image order: system area (16 zero sectors), primary and Joliet volume descriptors,
 //! terminator, path tables, primary directories, Rock Ridge continuation areas, Joliet
 //! directories, file data.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,13 +26,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::names::{assign_primary, joliet_name, PrimaryName};
+use crate::names::{assign_primary, joliet_name_into, joliet_order, PrimaryName};
 use crate::raw::{
     self, DirRecord, VolumeFields, VolumeKind, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, MAX_EXTENT,
     SECTOR,
 };
 use crate::susp::{self, ContinuationAreas, S_IFDIR, S_IFLNK, S_IFREG};
-use crate::tree::{FileData, IsoTree, NodeId, NodeKind, ROOT};
+use crate::tree::{
+    join, Attrs, Entry, EntryKind, FileData, FileSource, IsoTree, Listing, NodeId, NodeKind,
+    MAX_DIRECTORIES, ROOT,
+};
 
 /// Deepest directory level ISO 9660 allows (the root is level 1).
 const MAX_LEVEL: u32 = 8;
@@ -152,6 +162,22 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
+    /// Reading the recorded entries of directories described from disk back from their
+    /// temporary file failed.
+    #[error("cannot read recorded entries back from the temporary file")]
+    ReadCatalog {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Keeping Rock Ridge continuation areas in a temporary file until they are written
+    /// failed.
+    #[error("cannot keep continuation areas in a temporary file")]
+    SpillContinuationAreas {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Writing image metadata to the output failed.
     #[error("cannot write the image")]
     WriteImage {
@@ -217,7 +243,7 @@ pub fn write_iso<W: Write>(
     plan.lay_out()?;
     tracing::debug!(
         directories = plan.pdirs.len(),
-        files = plan.files.len(),
+        files = plan.files(),
         sectors = plan.total_sectors,
         "writing ISO image"
     );
@@ -294,72 +320,128 @@ fn check_label(label: &str) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// A child of a primary directory.
-#[derive(Debug, Clone)]
-enum PKind {
-    /// A subdirectory at its natural place.
-    Dir(usize),
-    /// A relocated directory inside `rr_moved` (RE).
-    Relocated(usize),
-    /// The empty file standing for a relocated directory at its logical place (CL).
-    Placeholder(usize),
-    File(NodeId),
-    Symlink(NodeId),
-}
-
-#[derive(Debug, Clone)]
-struct PChild<'a> {
-    rr_name: &'a str,
-    kind: PKind,
-    name: Option<PrimaryName>,
-}
-
-/// A directory of the primary hierarchy.
+/// A directory of the primary hierarchy. Its entries are not kept: they are listed again
+/// from the tree (and the catalog) each time the directory is measured or written.
 #[derive(Debug)]
-struct PDir<'a> {
+struct PDir {
     /// `None` for `rr_moved`.
     node: Option<NodeId>,
-    path: String,
     level: u32,
     /// Index of the directory that physically holds this one (itself for the root).
     parent: usize,
     /// For relocated directories, the directory it logically belongs in (PL).
     logical_parent: Option<usize>,
-    children: Vec<PChild<'a>>,
-    ident: Vec<u8>,
+    /// Its 8.3 name in its physical parent; `None` for the root.
+    name: Option<PrimaryName>,
+    /// Regular files directly inside.
+    files: u64,
+    /// Sectors of their contents, each file rounded up to whole sectors.
+    data_sectors: u64,
+    /// First block of the contents of its files, which are laid out in identifier order.
+    data_lba: u32,
     lba: u32,
     size: u32,
 }
 
-#[derive(Debug)]
-enum JKind {
-    Dir(usize),
-    File(NodeId),
+impl PDir {
+    fn new(node: Option<NodeId>, level: u32, parent: usize) -> Self {
+        PDir {
+            node,
+            level,
+            parent,
+            logical_parent: None,
+            name: None,
+            files: 0,
+            data_sectors: 0,
+            data_lba: 0,
+            lba: 0,
+            size: 0,
+        }
+    }
+
+    /// The identifier recorded in path tables.
+    fn ident(&self) -> Vec<u8> {
+        self.name.map_or_else(|| vec![0], |n| n.identifier())
+    }
 }
 
+/// What a child of a primary directory is. Directory indexes are `u32` (there are at most
+/// 65535) to keep a large directory's entries small.
+#[derive(Debug, Clone, Copy)]
+enum PKind {
+    /// A subdirectory at its natural place or, inside `rr_moved`, a relocated one (RE).
+    Dir(u32),
+    /// The empty file standing for a relocated directory at its logical place (CL).
+    Placeholder(u32),
+    /// A regular file whose contents start at block `lba`.
+    File {
+        lba: u32,
+    },
+    Symlink,
+}
+
+/// A child of a primary directory, named.
 #[derive(Debug)]
-struct JDir<'a> {
+struct PEntry {
+    /// Index in the directory's listing; one past its end for `rr_moved` in the root.
+    entry: u32,
+    ident: PrimaryName,
+    kind: PKind,
+}
+
+/// The children of one primary directory in identifier order, each file with its first
+/// block once the layout is known.
+#[derive(Debug)]
+struct PListing<'t> {
+    listing: Listing<'t>,
+    entries: Vec<PEntry>,
+}
+
+impl PListing<'_> {
+    /// The POSIX name, recorded in NM.
+    fn name(&self, e: &PEntry) -> &str {
+        if e.entry as usize == self.listing.len() {
+            RR_MOVED
+        } else {
+            self.listing.name(e.entry as usize)
+        }
+    }
+
+    /// The tree entry behind a file or symbolic link.
+    fn entry(&self, e: &PEntry) -> Entry<'_> {
+        self.listing.entry(e.entry as usize)
+    }
+}
+
+/// A directory of the Joliet hierarchy.
+#[derive(Debug)]
+struct JDir {
     node: NodeId,
     parent: usize,
-    ident: Vec<u8>,
-    /// Children by POSIX name, in Joliet order; their identifiers are recomputed when the
-    /// extent is encoded rather than kept for every entry of the tree.
-    children: Vec<(&'a str, JKind)>,
+    ident: Box<[u8]>,
     lba: u32,
     size: u32,
 }
 
-/// Everything about one image, from hierarchy to block addresses.
+/// Marks a node that has no directory in a hierarchy.
+const NONE: usize = usize::MAX;
+
+/// Everything about one image, from hierarchy to block addresses; per directory, never per
+/// entry, so its size is bounded by the number of directories.
 struct Plan<'a> {
     tree: &'a IsoTree,
     opts: &'a IsoOptions,
     volume_time: i64,
-    pdirs: Vec<PDir<'a>>,
-    jdirs: Vec<JDir<'a>>,
-    /// Data files in image order, with their first block.
-    files: Vec<(NodeId, u32)>,
-    /// Index into `files` per node.
-    file_index: Vec<Option<usize>>,
+    pdirs: Vec<PDir>,
+    /// The primary directory of each directory node.
+    pdir_of: Vec<usize>,
+    /// `rr_moved`, if any directory is relocated.
+    rr_moved: Option<usize>,
+    /// The directories inside `rr_moved`, by POSIX name, in the order they were found.
+    relocated: Vec<(String, usize)>,
+    jdirs: Vec<JDir>,
+    /// The Joliet directory of each directory node.
+    jdir_of: Vec<usize>,
     path_table: [u32; 4],
     path_table_size: u32,
     joliet_path_table_size: u32,
@@ -377,9 +459,11 @@ impl<'a> Plan<'a> {
             opts,
             volume_time,
             pdirs: Vec::new(),
+            pdir_of: vec![NONE; tree.nodes.len()],
+            rr_moved: None,
+            relocated: Vec::new(),
             jdirs: Vec::new(),
-            files: Vec::new(),
-            file_index: vec![None; tree.nodes.len()],
+            jdir_of: vec![NONE; tree.nodes.len()],
             path_table: [0; 4],
             path_table_size: 0,
             joliet_path_table_size: 0,
@@ -393,173 +477,175 @@ impl<'a> Plan<'a> {
         Ok(plan)
     }
 
+    fn files(&self) -> u64 {
+        self.pdirs.iter().map(|d| d.files).sum()
+    }
+
+    fn listing(&self, node: NodeId) -> Result<Listing<'a>, WriteError> {
+        self.tree.listing(node).map_err(|source| WriteError::ReadCatalog { source })
+    }
+
     /// Builds the primary hierarchy, relocating directories deeper than eight levels into
-    /// `rr_moved`, names every entry and numbers directories in path table order.
+    /// `rr_moved`, names every directory and numbers them in path table order.
     fn build_primary(&mut self) -> Result<(), WriteError> {
         let rock_ridge = self.opts.rock_ridge;
-        let mut dirs = vec![PDir::new(Some(ROOT), String::new(), 1, 0)];
-        let mut rr_moved: Option<usize> = None;
+        let mut dirs = vec![PDir::new(Some(ROOT), 1, 0)];
+        // Per directory, its physical subdirectories in identifier order.
+        let mut subdirs: Vec<Vec<u32>> = vec![Vec::new()];
+        self.pdir_of[ROOT] = 0;
+        let mut root_children = None;
         let mut pending = vec![0usize];
 
         while let Some(d) = pending.pop() {
             let node = dirs[d].node.expect("only tree directories are queued");
-            for (name, child) in self.tree.children(node) {
-                let path = join(&dirs[d].path, name);
-                let kind = match &self.tree.nodes[child].kind {
-                    NodeKind::Dir { .. } if dirs[d].level < MAX_LEVEL => {
+            let listing = self.listing(node)?;
+            // Per entry, the primary directory it becomes at its natural place.
+            let mut natural = Vec::with_capacity(listing.len());
+            for i in 0..listing.len() {
+                let entry = listing.entry(i);
+                let path = || join(&self.tree.path_of(node), entry.name);
+                natural.push(match entry.kind {
+                    EntryKind::Dir(child) if dirs[d].level < MAX_LEVEL => {
                         let level = dirs[d].level + 1;
-                        dirs.push(PDir::new(Some(child), path, level, d));
-                        pending.push(dirs.len() - 1);
-                        PKind::Dir(dirs.len() - 1)
+                        dirs.push(PDir::new(Some(child), level, d));
+                        let x = dirs.len() - 1;
+                        self.pdir_of[child] = x;
+                        pending.push(x);
+                        Some(x)
                     }
-                    NodeKind::Dir { .. } if rock_ridge => {
-                        let moved = *rr_moved.get_or_insert_with(|| {
-                            dirs.push(PDir::new(None, RR_MOVED.to_owned(), 2, 0));
+                    EntryKind::Dir(child) if rock_ridge => {
+                        let moved = *self.rr_moved.get_or_insert_with(|| {
+                            dirs.push(PDir::new(None, 2, 0));
                             dirs.len() - 1
                         });
-                        let mut relocated = PDir::new(Some(child), path, 3, moved);
+                        let mut relocated = PDir::new(Some(child), 3, moved);
                         relocated.logical_parent = Some(d);
                         dirs.push(relocated);
                         let r = dirs.len() - 1;
+                        self.pdir_of[child] = r;
                         pending.push(r);
-                        dirs[moved].children.push(PChild::new(name, PKind::Relocated(r)));
-                        PKind::Placeholder(r)
+                        self.relocated.push((entry.name.to_owned(), r));
+                        None
                     }
-                    NodeKind::Dir { .. } => return Err(WriteError::RelocateDirectory { path }),
-                    NodeKind::File { .. } => PKind::File(child),
-                    NodeKind::Symlink { .. } if rock_ridge => PKind::Symlink(child),
-                    NodeKind::Symlink { .. } => return Err(WriteError::RecordSymlink { path }),
-                };
-                dirs[d].children.push(PChild::new(name, kind));
+                    EntryKind::Dir(_) => {
+                        return Err(WriteError::RelocateDirectory { path: path() })
+                    }
+                    EntryKind::File { size, .. } => {
+                        dirs[d].files += 1;
+                        dirs[d].data_sectors += size.div_ceil(SECTOR as u64);
+                        None
+                    }
+                    EntryKind::Symlink { .. } if rock_ridge => None,
+                    EntryKind::Symlink { .. } => {
+                        return Err(WriteError::RecordSymlink { path: path() })
+                    }
+                });
+            }
+            if d == 0 {
+                // Named last: `rr_moved` joins the root once the whole tree has been seen.
+                root_children = Some((listing, natural));
+            } else {
+                let children: Vec<(&str, Option<usize>)> =
+                    (0..listing.len()).map(|i| (listing.name(i), natural[i])).collect();
+                let named = name_subdirs(&mut dirs, &children);
+                subdirs.resize_with(dirs.len(), Vec::new);
+                subdirs[d] = named;
             }
         }
-        if let Some(moved) = rr_moved {
-            if self.tree.children(ROOT).any(|(name, _)| name == RR_MOVED) {
+
+        let (root_listing, root_natural) = root_children.expect("the root is listed first");
+        let mut root_children: Vec<(&str, Option<usize>)> =
+            (0..root_listing.len()).map(|i| (root_listing.name(i), root_natural[i])).collect();
+        if let Some(moved) = self.rr_moved {
+            if root_children.iter().any(|&(name, _)| name == RR_MOVED) {
                 // FIXME: pick another name when the tree already has `rr_moved` at its
                 // root; only matters for trees that are both deep and contain that name.
                 return Err(WriteError::ReserveRelocationDir { path: RR_MOVED.to_owned() });
             }
-            dirs[0].children.push(PChild::new(RR_MOVED, PKind::Dir(moved)));
+            root_children.push((RR_MOVED, Some(moved)));
+            let relocated: Vec<(&str, Option<usize>)> =
+                self.relocated.iter().map(|(name, r)| (name.as_str(), Some(*r))).collect();
+            let named = name_subdirs(&mut dirs, &relocated);
+            subdirs.resize_with(dirs.len(), Vec::new);
+            subdirs[moved] = named;
         }
-
-        for dir in &mut dirs {
-            let entries: Vec<(&str, bool)> = dir
-                .children
-                .iter()
-                .map(|c| (c.rr_name, matches!(c.kind, PKind::Dir(_) | PKind::Relocated(_))))
-                .collect();
-            let names = assign_primary(&entries);
-            for (child, name) in dir.children.iter_mut().zip(names) {
-                child.name = Some(name);
-            }
-            dir.children.sort_by_key(|c| c.name);
-        }
+        subdirs[0] = name_subdirs(&mut dirs, &root_children);
+        drop(root_children);
 
         // Path table order: breadth first, children in identifier order.
         let mut order = vec![0usize];
         let mut i = 0;
         while i < order.len() {
-            for c in &dirs[order[i]].children {
-                if let PKind::Dir(x) | PKind::Relocated(x) = c.kind {
-                    order.push(x);
-                }
-            }
+            let below = subdirs.get_mut(order[i]).map(std::mem::take).unwrap_or_default();
+            order.extend(below.into_iter().map(|x| x as usize));
             i += 1;
         }
-        if order.len() > usize::from(u16::MAX) {
+        if order.len() > MAX_DIRECTORIES {
             return Err(WriteError::NumberDirectories { count: order.len() });
         }
         let mut new_index = vec![0usize; dirs.len()];
         for (new, &old) in order.iter().enumerate() {
             new_index[old] = new;
         }
-        let mut idents = vec![vec![0u8]; dirs.len()];
-        for dir in &dirs {
-            for c in &dir.children {
-                if let PKind::Dir(x) | PKind::Relocated(x) = c.kind {
-                    idents[x] = c.name.as_ref().expect("names assigned above").identifier();
-                }
-            }
-        }
-        let mut slots: Vec<Option<PDir>> = dirs.into_iter().map(Some).collect();
-        let mut numbered = Vec::with_capacity(order.len());
-        for &old in &order {
-            let mut dir = slots[old].take().expect("each directory is numbered once");
-            dir.ident = std::mem::take(&mut idents[old]);
+        drop(order);
+        for dir in &mut dirs {
             dir.parent = new_index[dir.parent];
             dir.logical_parent = dir.logical_parent.map(|p| new_index[p]);
-            for c in &mut dir.children {
-                c.kind = match c.kind {
-                    PKind::Dir(x) => PKind::Dir(new_index[x]),
-                    PKind::Relocated(x) => PKind::Relocated(new_index[x]),
-                    PKind::Placeholder(x) => PKind::Placeholder(new_index[x]),
-                    ref other => other.clone(),
-                };
-            }
-            numbered.push(dir);
         }
-
-        for dir in &numbered {
-            for c in &dir.children {
-                if let PKind::File(n) = c.kind {
-                    self.file_index[n] = Some(self.files.len());
-                    self.files.push((n, 0));
-                }
+        for p in self.pdir_of.iter_mut().filter(|p| **p != NONE) {
+            *p = new_index[*p];
+        }
+        for (_, r) in &mut self.relocated {
+            *r = new_index[*r];
+        }
+        self.rr_moved = self.rr_moved.map(|m| new_index[m]);
+        // Moves each directory to its number in place, one cycle of the permutation at a
+        // time, rather than into a second vector.
+        for i in 0..dirs.len() {
+            while new_index[i] != i {
+                let j = new_index[i];
+                dirs.swap(i, j);
+                new_index.swap(i, j);
             }
         }
-        self.pdirs = numbered;
+        self.pdirs = dirs;
         Ok(())
     }
 
     /// Builds the Joliet hierarchy: the tree as is (no depth limit, no relocation),
-    /// without symbolic links, which Joliet cannot express.
+    /// without symbolic links, which Joliet cannot express. Directories are created breadth
+    /// first, which is path table order.
     fn build_joliet(&mut self) -> Result<(), WriteError> {
-        let mut dirs =
-            vec![JDir { node: ROOT, parent: 0, ident: vec![0], children: vec![], lba: 0, size: 0 }];
-        let mut paths = vec![String::new()];
-        let mut order = vec![0usize];
-        let mut i = 0;
-        while i < order.len() {
-            let d = order[i];
-            let mut seen: BTreeMap<Vec<u8>, String> = BTreeMap::new();
-            let mut children = Vec::new();
-            for (name, child) in self.tree.children(dirs[d].node) {
-                let path = join(&paths[d], name);
-                let ident = joliet_name(name);
-                let kind = match &self.tree.nodes[child].kind {
-                    NodeKind::Dir { .. } => JKind::Dir(child),
-                    NodeKind::File { .. } => JKind::File(child),
-                    NodeKind::Symlink { .. } => continue,
-                };
-                if let Some(first) = seen.insert(ident.clone(), path.clone()) {
-                    return Err(WriteError::MapJolietName { first, second: path });
+        let mut dirs = vec![JDir { node: ROOT, parent: 0, ident: Box::new([0]), lba: 0, size: 0 }];
+        self.jdir_of[ROOT] = 0;
+        let mut j = 0;
+        while j < dirs.len() {
+            let node = dirs[j].node;
+            let listing = self.listing(node)?;
+            let order = joliet_order(
+                (0..listing.len())
+                    .filter(|&i| !matches!(listing.entry(i).kind, EntryKind::Symlink { .. })),
+                |i| listing.name(i),
+            );
+            if let Some((first, second)) = order.collision {
+                let dir = self.tree.path_of(node);
+                return Err(WriteError::MapJolietName {
+                    first: join(&dir, listing.name(first)),
+                    second: join(&dir, listing.name(second)),
+                });
+            }
+            for i in order.sorted {
+                if let EntryKind::Dir(child) = listing.entry(i).kind {
+                    self.jdir_of[child] = dirs.len();
+                    let mut ident = Vec::new();
+                    joliet_name_into(listing.name(i), &mut ident);
+                    let ident = ident.into_boxed_slice();
+                    dirs.push(JDir { node: child, parent: j, ident, lba: 0, size: 0 });
                 }
-                children.push((ident, name, kind, path));
             }
-            children.sort_by(|a, b| a.0.cmp(&b.0));
-            for (ident, name, kind, path) in children {
-                let kind = match kind {
-                    JKind::Dir(node) => {
-                        dirs.push(JDir {
-                            node,
-                            parent: d,
-                            ident,
-                            children: vec![],
-                            lba: 0,
-                            size: 0,
-                        });
-                        paths.push(path);
-                        order.push(dirs.len() - 1);
-                        JKind::Dir(dirs.len() - 1)
-                    }
-                    file => file,
-                };
-                dirs[d].children.push((name, kind));
-            }
-            i += 1;
+            j += 1;
         }
-        // Breadth-first creation order is already path table order.
-        if dirs.len() > usize::from(u16::MAX) {
+        if dirs.len() > MAX_DIRECTORIES {
             return Err(WriteError::NumberDirectories { count: dirs.len() });
         }
         self.jdirs = dirs;
@@ -569,38 +655,39 @@ impl<'a> Plan<'a> {
     /// Assigns every block: measures directory extents and continuation areas, then places
     /// them and the files.
     fn lay_out(&mut self) -> Result<(), WriteError> {
-        let mut ce = ContinuationAreas::new(0);
+        let mut ce = ContinuationAreas::measuring();
+        let mut measure = |_: &[u8]| Ok(());
         for p in 0..self.pdirs.len() {
-            let bytes = self.primary_dir(p, &mut ce);
-            self.pdirs[p].size = bytes.len() as u32;
+            self.pdirs[p].size = self.primary_dir(p, &mut ce, &mut measure)?;
         }
         let ce_sectors = ce.sectors();
         for j in 0..self.jdirs.len() {
-            let bytes = self.joliet_dir(j);
-            self.jdirs[j].size = bytes.len() as u32;
+            self.jdirs[j].size = self.joliet_dir(j, &mut measure)?;
         }
         self.path_table_size = self.primary_path_table(false).len() as u32;
         self.joliet_path_table_size =
             if self.opts.joliet { self.joliet_path_table(false).len() as u32 } else { 0 };
 
         let mut next: u64 = 16 + 1 + u64::from(self.opts.joliet) + 1;
-        let mut take = |bytes: u64| {
+        let mut take_sectors = |sectors: u64| {
             let at = next;
-            next += bytes.div_ceil(SECTOR as u64);
+            next += sectors;
             at as u32
         };
-        let pt = u64::from(self.path_table_size);
-        let jpt = u64::from(self.joliet_path_table_size);
-        self.path_table = [take(pt), take(pt), take(jpt), take(jpt)];
+        let sectors = |bytes: u32| u64::from(bytes).div_ceil(SECTOR as u64);
+        let pt = sectors(self.path_table_size);
+        let jpt = sectors(self.joliet_path_table_size);
+        self.path_table =
+            [take_sectors(pt), take_sectors(pt), take_sectors(jpt), take_sectors(jpt)];
         for d in &mut self.pdirs {
-            d.lba = take(u64::from(d.size));
+            d.lba = take_sectors(sectors(d.size));
         }
-        self.ce_lba = take(u64::from(ce_sectors) * SECTOR as u64);
+        self.ce_lba = take_sectors(u64::from(ce_sectors));
         for d in &mut self.jdirs {
-            d.lba = take(u64::from(d.size));
+            d.lba = take_sectors(sectors(d.size));
         }
-        for (node, lba) in &mut self.files {
-            *lba = take(file_size(self.tree, *node));
+        for d in &mut self.pdirs {
+            d.data_lba = take_sectors(d.data_sectors);
         }
         if next > u64::from(u32::MAX) {
             return Err(WriteError::AddressSectors { sectors: next });
@@ -614,6 +701,7 @@ impl<'a> Plan<'a> {
         sink.zeros(16 * SECTOR as u64)?;
 
         let root = &self.pdirs[0];
+        let root_time = self.time_of(self.tree.nodes[ROOT].attrs.mtime);
         let label = self.opts.volume_id.as_bytes();
         sink.put(&raw::volume_descriptor(&VolumeFields {
             kind: VolumeKind::Primary,
@@ -622,7 +710,7 @@ impl<'a> Plan<'a> {
             path_table_size: self.path_table_size,
             path_table_l: self.path_table[0],
             path_table_m: self.path_table[1],
-            root_record: &root_record(root.lba, root.size, self.time_of(Some(ROOT))),
+            root_record: &root_record(root.lba, root.size, root_time),
             time: self.volume_time,
         }))?;
         if self.opts.joliet {
@@ -635,7 +723,7 @@ impl<'a> Plan<'a> {
                 path_table_size: self.joliet_path_table_size,
                 path_table_l: self.path_table[2],
                 path_table_m: self.path_table[3],
-                root_record: &root_record(jroot.lba, jroot.size, self.time_of(Some(ROOT))),
+                root_record: &root_record(jroot.lba, jroot.size, root_time),
                 time: self.volume_time,
             }))?;
         }
@@ -651,186 +739,273 @@ impl<'a> Plan<'a> {
         let mut ce = ContinuationAreas::new(self.ce_lba);
         for p in 0..self.pdirs.len() {
             debug_assert_eq!(sink.written, u64::from(self.pdirs[p].lba) * SECTOR as u64);
-            sink.put(&self.primary_dir(p, &mut ce))?;
+            self.primary_dir(p, &mut ce, &mut |sector| sink.put(sector))?;
         }
-        sink.put(&ce.into_bytes())?;
+        debug_assert_eq!(sink.written, u64::from(self.ce_lba) * SECTOR as u64);
+        sink.continuation_areas(ce)?;
         for j in 0..self.jdirs.len() {
-            sink.put(&self.joliet_dir(j))?;
+            debug_assert_eq!(sink.written, u64::from(self.jdirs[j].lba) * SECTOR as u64);
+            self.joliet_dir(j, &mut |sector| sink.put(sector))?;
         }
 
-        for &(node, lba) in &self.files {
-            debug_assert_eq!(sink.written, u64::from(lba) * SECTOR as u64);
-            sink.file(self.tree, node)?;
+        for p in (0..self.pdirs.len()).filter(|&p| self.pdirs[p].files > 0) {
+            debug_assert_eq!(sink.written, u64::from(self.pdirs[p].data_lba) * SECTOR as u64);
+            let listing = self.primary_listing(p)?;
+            for e in listing.entries.iter().filter(|e| matches!(e.kind, PKind::File { .. })) {
+                sink.file(&listing.listing, listing.entry(e))?;
+            }
         }
         debug_assert_eq!(sink.written, u64::from(self.total_sectors) * SECTOR as u64);
         sink.out.flush().map_err(|source| WriteError::WriteImage { source })?;
         Ok(sink.written)
     }
 
-    /// The recorded time of a node (`None`: a directory we made up, `rr_moved`).
-    fn time_of(&self, node: Option<NodeId>) -> i64 {
-        self.opts
-            .timestamp
-            .or_else(|| node.and_then(|n| self.tree.nodes[n].mtime))
-            .unwrap_or(self.volume_time)
+    /// The recorded time of an entry with modification time `mtime` (`None`: made in
+    /// memory, or `rr_moved`).
+    fn time_of(&self, mtime: Option<i64>) -> i64 {
+        self.opts.timestamp.or(mtime).unwrap_or(self.volume_time)
     }
 
-    /// PX and TF of a node, or of `rr_moved` for `None`.
-    fn rr_attrs(&self, node: Option<NodeId>) -> Vec<Vec<u8>> {
-        let (mode, nlink, uid, gid, serial) = match node {
+    /// The recorded time of primary directory `p`.
+    fn dir_time(&self, p: usize) -> i64 {
+        self.time_of(self.pdirs[p].node.and_then(|n| self.tree.nodes[n].attrs.mtime))
+    }
+
+    /// PX and TF of primary directory `p`.
+    fn dir_attrs(&self, p: usize) -> Vec<Vec<u8>> {
+        let (mode, nlink, uid, gid, serial) = match self.pdirs[p].node {
             None => {
-                let subdirs = self.pdirs.iter().filter(|d| d.logical_parent.is_some()).count();
-                (S_IFDIR | 0o755, 2 + subdirs as u32, 0, 0, self.tree.nodes.len() as u32 + 1)
+                let subdirs = self.relocated.len() as u32;
+                (S_IFDIR | 0o755, 2 + subdirs, 0, 0, self.tree.described() + 1)
             }
             Some(n) => {
-                let node = &self.tree.nodes[n];
-                let (kind, nlink) = match &node.kind {
-                    NodeKind::Dir { .. } => {
-                        let subdirs = self
-                            .tree
-                            .children(n)
-                            .filter(|(_, c)| {
-                                matches!(self.tree.nodes[*c].kind, NodeKind::Dir { .. })
-                            })
-                            .count();
-                        (S_IFDIR, 2 + subdirs as u32)
-                    }
-                    NodeKind::File { .. } => (S_IFREG, 1),
-                    NodeKind::Symlink { .. } => (S_IFLNK, 1),
-                };
-                (kind | node.mode, nlink, node.uid, node.gid, n as u32 + 1)
+                let a = &self.tree.nodes[n].attrs;
+                let subdirs = self.tree.subdirs(n) as u32;
+                (S_IFDIR | a.mode, 2 + subdirs, a.uid, a.gid, a.serial)
             }
         };
-        vec![susp::px(mode, nlink, uid, gid, serial), susp::tf(self.time_of(node))]
+        vec![susp::px(mode, nlink, uid, gid, serial), susp::tf(self.dir_time(p))]
     }
 
-    /// Encodes the extent of primary directory `p`.
-    fn primary_dir(&self, p: usize, ce: &mut ContinuationAreas) -> Vec<u8> {
+    /// PX and TF of a file or symbolic link.
+    fn entry_attrs(&self, file_type: u32, a: &Attrs) -> Vec<Vec<u8>> {
+        vec![
+            susp::px(file_type | a.mode, 1, a.uid, a.gid, a.serial),
+            susp::tf(self.time_of(a.mtime)),
+        ]
+    }
+
+    /// The children of primary directory `p`, named, in identifier order, each file with
+    /// its first block (the blocks are right once `lay_out` has run).
+    fn primary_listing(&self, p: usize) -> Result<PListing<'_>, WriteError> {
+        let dir = &self.pdirs[p];
+        let listing = match dir.node {
+            None => Listing::of_nodes(
+                self.tree,
+                self.relocated
+                    .iter()
+                    .map(|(name, r)| {
+                        (name.as_str(), self.pdirs[*r].node.expect("only tree dirs are relocated"))
+                    })
+                    .collect(),
+            ),
+            Some(node) => self.listing(node)?,
+        };
+
+        let mut kinds = Vec::with_capacity(listing.len() + 1);
+        for i in 0..listing.len() {
+            kinds.push(match listing.entry(i).kind {
+                EntryKind::Dir(child) => {
+                    let x = self.pdir_of[child];
+                    if self.pdirs[x].logical_parent == Some(p) {
+                        PKind::Placeholder(x as u32)
+                    } else {
+                        PKind::Dir(x as u32)
+                    }
+                }
+                EntryKind::File { .. } => PKind::File { lba: 0 },
+                EntryKind::Symlink { .. } => PKind::Symlink,
+            });
+        }
+        if let (0, Some(moved)) = (p, self.rr_moved) {
+            kinds.push(PKind::Dir(moved as u32));
+        }
+        let idents = assign_primary(kinds.iter().enumerate().map(|(i, kind)| {
+            let name = if i == listing.len() { RR_MOVED } else { listing.name(i) };
+            (name, matches!(kind, PKind::Dir(_)))
+        }));
+        let mut entries: Vec<PEntry> = kinds
+            .into_iter()
+            .zip(idents)
+            .enumerate()
+            .map(|(entry, (kind, ident))| PEntry { entry: entry as u32, ident, kind })
+            .collect();
+        entries.sort_unstable_by_key(|e| e.ident);
+
+        let mut next = u64::from(dir.data_lba);
+        for e in &mut entries {
+            if let PKind::File { lba } = &mut e.kind {
+                let EntryKind::File { size, .. } = listing.entry(e.entry as usize).kind else {
+                    unreachable!("PKind::File stands for a file");
+                };
+                *lba = next as u32;
+                next += size.div_ceil(SECTOR as u64);
+            }
+        }
+        Ok(PListing { listing, entries })
+    }
+
+    /// Encodes the extent of primary directory `p` into `out`, a sector at a time, and
+    /// returns its size.
+    fn primary_dir(
+        &self,
+        p: usize,
+        ce: &mut ContinuationAreas,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WriteError>,
+    ) -> Result<u32, WriteError> {
         let rr = self.opts.rock_ridge;
         let dir = &self.pdirs[p];
         let parent = &self.pdirs[dir.parent];
-        let mut out = Vec::with_capacity(SECTOR);
-        let mut record = |out: &mut Vec<u8>, name: &[u8], lba, size, node, flags, entries| {
+        let listing = self.primary_listing(p)?;
+        let mut out = Extent::new(out);
+        let mut record = |out: &mut Extent<'_>, name: &[u8], lba, size, time, flags, entries| {
             let system_use = if rr {
                 let base = 33 + name.len() + usize::from(name.len() % 2 == 0);
                 ce.pack(entries, 254 - base)
+                    .map_err(|source| WriteError::SpillContinuationAreas { source })?
             } else {
                 Vec::new()
             };
-            let time = self.time_of(node);
-            push_record(out, &DirRecord { name, lba, size, time, flags, system_use: &system_use });
+            out.push(&DirRecord { name, lba, size, time, flags, system_use: &system_use })
         };
 
         let mut dot = Vec::new();
         if p == 0 {
             dot.push(susp::sp());
         }
-        dot.extend(self.rr_attrs(dir.node));
+        dot.extend(self.dir_attrs(p));
         if p == 0 {
             dot.push(susp::er());
         }
-        record(&mut out, &[0], dir.lba, dir.size, dir.node, FLAG_DIRECTORY, dot);
+        record(&mut out, &[0], dir.lba, dir.size, self.dir_time(p), FLAG_DIRECTORY, dot)?;
 
-        let mut dotdot = self.rr_attrs(parent.node);
+        let mut dotdot = self.dir_attrs(dir.parent);
         if let Some(logical) = dir.logical_parent {
             dotdot.push(susp::pl(self.pdirs[logical].lba));
         }
-        record(&mut out, &[1], parent.lba, parent.size, parent.node, FLAG_DIRECTORY, dotdot);
+        let parent_time = self.dir_time(dir.parent);
+        record(&mut out, &[1], parent.lba, parent.size, parent_time, FLAG_DIRECTORY, dotdot)?;
 
-        for child in &dir.children {
-            let ident = child.name.as_ref().expect("names assigned in build_primary").identifier();
-            let nm = susp::nm(child.rr_name);
-            match child.kind {
-                PKind::Dir(x) | PKind::Relocated(x) => {
+        for e in &listing.entries {
+            let ident = e.ident.identifier();
+            let nm = susp::nm(listing.name(e));
+            match e.kind {
+                PKind::Dir(x) => {
+                    let x = x as usize;
                     let sub = &self.pdirs[x];
-                    let mut e = self.rr_attrs(sub.node);
-                    e.extend(nm);
-                    if matches!(child.kind, PKind::Relocated(_)) {
-                        e.push(susp::re());
+                    let mut su = self.dir_attrs(x);
+                    su.extend(nm);
+                    if dir.node.is_none() {
+                        su.push(susp::re());
                     }
-                    record(&mut out, &ident, sub.lba, sub.size, sub.node, FLAG_DIRECTORY, e);
+                    let time = self.dir_time(x);
+                    record(&mut out, &ident, sub.lba, sub.size, time, FLAG_DIRECTORY, su)?;
                 }
                 PKind::Placeholder(x) => {
-                    let sub = &self.pdirs[x];
-                    let mut e = self.rr_attrs(sub.node);
-                    e.extend(nm);
-                    e.push(susp::cl(sub.lba));
-                    record(&mut out, &ident, 0, 0, sub.node, 0, e);
+                    let x = x as usize;
+                    let mut su = self.dir_attrs(x);
+                    su.extend(nm);
+                    su.push(susp::cl(self.pdirs[x].lba));
+                    record(&mut out, &ident, 0, 0, self.dir_time(x), 0, su)?;
                 }
-                PKind::Symlink(n) => {
-                    let NodeKind::Symlink { target } = &self.tree.nodes[n].kind else {
-                        unreachable!("PKind::Symlink holds symlink nodes");
+                PKind::Symlink => {
+                    let entry = listing.entry(e);
+                    let EntryKind::Symlink { target } = entry.kind else {
+                        unreachable!("PKind::Symlink stands for a symbolic link");
                     };
-                    let mut e = self.rr_attrs(Some(n));
-                    e.extend(nm);
-                    e.extend(susp::sl(target));
-                    record(&mut out, &ident, 0, 0, Some(n), 0, e);
+                    let mut su = self.entry_attrs(S_IFLNK, &entry.attrs);
+                    su.extend(nm);
+                    su.extend(susp::sl(target));
+                    record(&mut out, &ident, 0, 0, self.time_of(entry.attrs.mtime), 0, su)?;
                 }
-                PKind::File(n) => {
-                    for (lba, size, flags) in self.extents(n) {
-                        let mut e = self.rr_attrs(Some(n));
-                        e.extend(nm.iter().cloned());
-                        record(&mut out, &ident, lba, size, Some(n), flags, e);
+                PKind::File { lba } => {
+                    let entry = listing.entry(e);
+                    let EntryKind::File { size, .. } = entry.kind else {
+                        unreachable!("PKind::File stands for a file");
+                    };
+                    let time = self.time_of(entry.attrs.mtime);
+                    for (lba, size, flags) in extents(size, lba) {
+                        let mut su = self.entry_attrs(S_IFREG, &entry.attrs);
+                        su.extend(nm.iter().cloned());
+                        record(&mut out, &ident, lba, size, time, flags, su)?;
                     }
                 }
             }
         }
-        out.resize(out.len().next_multiple_of(SECTOR), 0);
-        out
+        out.finish()
     }
 
-    /// Encodes the extent of Joliet directory `j`.
-    fn joliet_dir(&self, j: usize) -> Vec<u8> {
+    /// Encodes the extent of Joliet directory `j` into `out`, a sector at a time, and
+    /// returns its size.
+    fn joliet_dir(
+        &self,
+        j: usize,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), WriteError>,
+    ) -> Result<u32, WriteError> {
         let dir = &self.jdirs[j];
         let parent = &self.jdirs[dir.parent];
-        let mut out = Vec::with_capacity(SECTOR);
-        let record = |out: &mut Vec<u8>, name: &[u8], lba, size, node: NodeId, flags| {
-            let time = self.time_of(Some(node));
-            push_record(out, &DirRecord { name, lba, size, time, flags, system_use: &[] });
+        let dir_time = |node: NodeId| self.time_of(self.tree.nodes[node].attrs.mtime);
+
+        // The same entries as the primary directory of the same node, which also places
+        // the files; relocation and `rr_moved` do not exist here.
+        let listing = self.primary_listing(self.pdir_of[dir.node])?;
+        let order = joliet_order(
+            (0..listing.entries.len()).filter(|&k| match listing.entries[k].kind {
+                PKind::Dir(x) | PKind::Placeholder(x) => self.pdirs[x as usize].node.is_some(),
+                PKind::File { .. } => true,
+                PKind::Symlink => false,
+            }),
+            |k| listing.name(&listing.entries[k]),
+        );
+
+        let mut out = Extent::new(out);
+        let record = |out: &mut Extent<'_>, name: &[u8], lba, size, time, flags| {
+            out.push(&DirRecord { name, lba, size, time, flags, system_use: &[] })
         };
-        record(&mut out, &[0], dir.lba, dir.size, dir.node, FLAG_DIRECTORY);
-        record(&mut out, &[1], parent.lba, parent.size, parent.node, FLAG_DIRECTORY);
-        for (name, kind) in &dir.children {
-            let ident = &joliet_name(name);
-            match *kind {
-                JKind::Dir(x) => {
-                    let sub = &self.jdirs[x];
-                    record(&mut out, ident, sub.lba, sub.size, sub.node, FLAG_DIRECTORY);
+        record(&mut out, &[0], dir.lba, dir.size, dir_time(dir.node), FLAG_DIRECTORY)?;
+        record(&mut out, &[1], parent.lba, parent.size, dir_time(parent.node), FLAG_DIRECTORY)?;
+        let mut ident = Vec::new();
+        for k in order.sorted {
+            let e = &listing.entries[k];
+            ident.clear();
+            joliet_name_into(listing.name(e), &mut ident);
+            let ident = &ident[..];
+            match e.kind {
+                PKind::Dir(x) | PKind::Placeholder(x) => {
+                    let node = self.pdirs[x as usize].node.expect("rr_moved was left out");
+                    let sub = &self.jdirs[self.jdir_of[node]];
+                    record(&mut out, ident, sub.lba, sub.size, dir_time(node), FLAG_DIRECTORY)?;
                 }
-                JKind::File(n) => {
-                    for (lba, size, flags) in self.extents(n) {
-                        record(&mut out, ident, lba, size, n, flags);
+                PKind::File { lba } => {
+                    let entry = listing.entry(e);
+                    let EntryKind::File { size, .. } = entry.kind else {
+                        unreachable!("PKind::File stands for a file");
+                    };
+                    let time = self.time_of(entry.attrs.mtime);
+                    for (lba, size, flags) in extents(size, lba) {
+                        record(&mut out, ident, lba, size, time, flags)?;
                     }
                 }
+                PKind::Symlink => unreachable!("symbolic links were left out"),
             }
         }
-        out.resize(out.len().next_multiple_of(SECTOR), 0);
-        out
-    }
-
-    /// The directory records' view of file `n`: one `(lba, size, flags)` per extent, all
-    /// but the last flagged multi-extent. An empty file has one empty extent at block 0.
-    fn extents(&self, n: NodeId) -> Vec<(u32, u32, u8)> {
-        let size = file_size(self.tree, n);
-        let first = self.file_index[n].map_or(0, |i| self.files[i].1);
-        if size == 0 {
-            return vec![(0, 0, 0)];
-        }
-        let count = size.div_ceil(MAX_EXTENT);
-        (0..count)
-            .map(|i| {
-                let lba = first + (i * (MAX_EXTENT / SECTOR as u64)) as u32;
-                let len = (size - i * MAX_EXTENT).min(MAX_EXTENT) as u32;
-                let flags = if i + 1 < count { FLAG_MULTI_EXTENT } else { 0 };
-                (lba, len, flags)
-            })
-            .collect()
+        out.finish()
     }
 
     fn primary_path_table(&self, big_endian: bool) -> Vec<u8> {
         let mut t = Vec::new();
         for d in &self.pdirs {
-            raw::path_table_record(&mut t, &d.ident, d.lba, d.parent as u16 + 1, big_endian);
+            raw::path_table_record(&mut t, &d.ident(), d.lba, d.parent as u16 + 1, big_endian);
         }
         t
     }
@@ -844,41 +1019,36 @@ impl<'a> Plan<'a> {
     }
 }
 
-impl PDir<'_> {
-    fn new(node: Option<NodeId>, path: String, level: u32, parent: usize) -> Self {
-        PDir {
-            node,
-            path,
-            level,
-            parent,
-            logical_parent: None,
-            children: Vec::new(),
-            ident: Vec::new(),
-            lba: 0,
-            size: 0,
-        }
+/// Names the children of a primary directory (POSIX name, and the primary directory of
+/// those that are directories at this place) and returns its subdirectories in identifier
+/// order.
+fn name_subdirs(dirs: &mut [PDir], children: &[(&str, Option<usize>)]) -> Vec<u32> {
+    let names = assign_primary(children.iter().map(|&(name, dir)| (name, dir.is_some())));
+    let mut subdirs: Vec<(PrimaryName, usize)> =
+        children.iter().zip(names).filter_map(|((_, dir), name)| dir.map(|x| (name, x))).collect();
+    subdirs.sort_unstable();
+    for &(name, x) in &subdirs {
+        dirs[x].name = Some(name);
     }
+    subdirs.into_iter().map(|(_, x)| x as u32).collect()
 }
 
-impl<'a> PChild<'a> {
-    fn new(name: &'a str, kind: PKind) -> Self {
-        PChild { rr_name: name, kind, name: None }
+/// The directory records' view of a file of `size` bytes starting at block `first`: one
+/// `(lba, size, flags)` per extent, all but the last flagged multi-extent. An empty file
+/// has one empty extent at block 0.
+fn extents(size: u64, first: u32) -> Vec<(u32, u32, u8)> {
+    if size == 0 {
+        return vec![(0, 0, 0)];
     }
-}
-
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
-fn file_size(tree: &IsoTree, n: NodeId) -> u64 {
-    match &tree.nodes[n].kind {
-        NodeKind::File { size, .. } => *size,
-        _ => 0,
-    }
+    let count = size.div_ceil(MAX_EXTENT);
+    (0..count)
+        .map(|i| {
+            let lba = first + (i * (MAX_EXTENT / SECTOR as u64)) as u32;
+            let len = (size - i * MAX_EXTENT).min(MAX_EXTENT) as u32;
+            let flags = if i + 1 < count { FLAG_MULTI_EXTENT } else { 0 };
+            (lba, len, flags)
+        })
+        .collect()
 }
 
 fn root_record(lba: u32, size: u32, time: i64) -> [u8; 34] {
@@ -888,12 +1058,46 @@ fn root_record(lba: u32, size: u32, time: i64) -> [u8; 34] {
     buf.try_into().expect("a root record is 34 bytes")
 }
 
-/// Appends a record, moving to the next sector first if it would cross a boundary.
-fn push_record(out: &mut Vec<u8>, rec: &DirRecord<'_>) {
-    if out.len() % SECTOR + rec.len() > SECTOR {
-        out.resize(out.len().next_multiple_of(SECTOR), 0);
+/// The directory records of one extent, handed on a sector at a time (a record never
+/// crosses a sector boundary), so that a directory of any size takes one sector of memory.
+struct Extent<'o> {
+    sector: Vec<u8>,
+    /// Bytes handed on so far.
+    len: u64,
+    out: &'o mut dyn FnMut(&[u8]) -> Result<(), WriteError>,
+}
+
+impl<'o> Extent<'o> {
+    fn new(out: &'o mut dyn FnMut(&[u8]) -> Result<(), WriteError>) -> Self {
+        Extent { sector: Vec::with_capacity(SECTOR), len: 0, out }
     }
-    rec.encode(out);
+
+    /// Appends a record, moving to the next sector first if it would cross a boundary.
+    fn push(&mut self, rec: &DirRecord<'_>) -> Result<(), WriteError> {
+        if self.sector.len() + rec.len() > SECTOR {
+            self.next_sector()?;
+        }
+        rec.encode(&mut self.sector);
+        Ok(())
+    }
+
+    fn next_sector(&mut self) -> Result<(), WriteError> {
+        self.sector.resize(SECTOR, 0);
+        (self.out)(&self.sector)?;
+        self.len += SECTOR as u64;
+        self.sector.clear();
+        Ok(())
+    }
+
+    /// Pads the last sector and returns the size of the extent.
+    fn finish(mut self) -> Result<u32, WriteError> {
+        if !self.sector.is_empty() {
+            self.next_sector()?;
+        }
+        // FIXME: a directory extent of 4 GiB or more (some 20 million entries in one
+        // directory) cannot be recorded; it is not detected.
+        Ok(self.len as u32)
+    }
 }
 
 /// The output with a running byte count.
@@ -934,46 +1138,68 @@ impl<W: Write> Sink<'_, W> {
         Ok(())
     }
 
-    /// Streams file `n`'s contents and pads to a sector boundary.
-    fn file(&mut self, tree: &IsoTree, n: NodeId) -> Result<(), WriteError> {
-        let NodeKind::File { data, size } = &tree.nodes[n].kind else {
-            unreachable!("only file nodes are in the file list");
+    /// Streams the contents of `file` (of `listing`) and pads to a sector boundary.
+    fn file(&mut self, listing: &Listing<'_>, file: Entry<'_>) -> Result<(), WriteError> {
+        let EntryKind::File { size, source } = file.kind else {
+            unreachable!("only files are streamed");
         };
-        match data {
-            FileData::Bytes(bytes) => self.put(bytes)?,
-            FileData::Disk(path) => {
-                let file = File::open(path)
-                    .map_err(|source| WriteError::OpenFile { path: path.clone(), source })?;
-                let found = file
-                    .metadata()
-                    .map_err(|source| WriteError::OpenFile { path: path.clone(), source })?
-                    .len();
-                let changed = |found| WriteError::CheckFileSize {
-                    path: path.clone(),
-                    expected: *size,
-                    found,
-                };
-                if found != *size {
-                    return Err(changed(found));
-                }
-                // `io::copy` from a `File` to a `File` uses copy_file_range/sendfile, so the
-                // bytes need not pass through this process.
-                let copied = io::copy(&mut (&file).take(*size), self.out)
-                    .map_err(|source| WriteError::CopyFile { path: path.clone(), source })?;
-                self.written += copied;
-                if copied != *size {
-                    return Err(changed(copied));
-                }
-            }
+        match source {
+            FileSource::Node(n) => match &listing.tree().nodes[n].kind {
+                NodeKind::File { data: FileData::Bytes(bytes), .. } => self.put(bytes)?,
+                NodeKind::File { data: FileData::Disk(path), .. } => self.stream(path, size)?,
+                _ => unreachable!("file sources are file nodes"),
+            },
+            FileSource::Disk(run) => self.stream(&listing.disk_dir(run).join(file.name), size)?,
         }
         self.pad()
+    }
+
+    /// Copies the disk file `path`, which must still be `size` bytes long.
+    fn stream(&mut self, path: &Path, size: u64) -> Result<(), WriteError> {
+        let file = File::open(path)
+            .map_err(|source| WriteError::OpenFile { path: path.to_owned(), source })?;
+        let found = file
+            .metadata()
+            .map_err(|source| WriteError::OpenFile { path: path.to_owned(), source })?
+            .len();
+        let changed =
+            |found| WriteError::CheckFileSize { path: path.to_owned(), expected: size, found };
+        if found != size {
+            return Err(changed(found));
+        }
+        // `io::copy` from a `File` to a `File` uses copy_file_range/sendfile, so the bytes
+        // need not pass through this process.
+        let copied = io::copy(&mut (&file).take(size), self.out)
+            .map_err(|source| WriteError::CopyFile { path: path.to_owned(), source })?;
+        self.written += copied;
+        if copied != size {
+            return Err(changed(copied));
+        }
+        Ok(())
+    }
+
+    /// Writes the continuation areas: what was spilled to a temporary file, then the rest.
+    fn continuation_areas(&mut self, ce: ContinuationAreas) -> Result<(), WriteError> {
+        let spill = |source| WriteError::SpillContinuationAreas { source };
+        let (spilled, tail) = ce.into_parts().map_err(spill)?;
+        if let Some(mut file) = spilled {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = file.read(&mut buf).map_err(spill)?;
+                if n == 0 {
+                    break;
+                }
+                self.put(&buf[..n])?;
+            }
+        }
+        self.put(&tail)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Node;
+    use std::path::Path;
 
     fn image(tree: &IsoTree) -> Vec<u8> {
         let mut opts = IsoOptions::new("cidata");
@@ -1031,8 +1257,7 @@ mod tests {
         let mut tree = IsoTree::new();
         tree.add_file_bytes("big", Vec::new(), 0o644).expect("add");
         let size = 2 * MAX_EXTENT + 5;
-        let node = tree.children(ROOT).next().expect("one child").1;
-        let Node { kind: NodeKind::File { size: s, .. }, .. } = &mut tree.nodes[node] else {
+        let NodeKind::File { size: s, .. } = &mut tree.nodes[1].kind else {
             unreachable!("added a file");
         };
         *s = size;
@@ -1040,7 +1265,11 @@ mod tests {
         let opts = IsoOptions::new("x");
         let mut plan = Plan::new(&tree, &opts).expect("plan");
         plan.lay_out().expect("layout");
-        let extents = plan.extents(node);
+        let listing = plan.primary_listing(0).expect("listing");
+        let PKind::File { lba, .. } = listing.entries[0].kind else {
+            unreachable!("one file");
+        };
+        let extents = extents(size, lba);
         assert_eq!(extents.len(), 3);
         let per = (MAX_EXTENT / SECTOR as u64) as u32;
         assert_eq!(extents[1].0, extents[0].0 + per);
@@ -1067,14 +1296,108 @@ mod tests {
         }
         let opts = IsoOptions::new("x");
         let plan = Plan::new(&tree, &opts).expect("plan");
-        let ids: Vec<String> = plan.pdirs[0]
-            .children
+        let ids: Vec<String> = plan
+            .primary_listing(0)
+            .expect("listing")
+            .entries
             .iter()
-            .map(|c| String::from_utf8(c.name.expect("named").identifier()).expect("ascii"))
+            .map(|e| String::from_utf8(e.ident.identifier()).expect("ascii"))
             .collect();
         assert_eq!(
             ids,
             ["ALPHA.TXT;1", "ALPHA_1.TXT;1", "BETA_LON.MD;1", "BETA_L_1.MD;1", "ZETA.;1"]
+        );
+    }
+
+    /// A source directory with what the writer handles specially: deep directories, a
+    /// directory of several sectors, 8.3 collisions, names and link targets long enough for
+    /// continuation areas, empty files and directories.
+    fn rich_source(root: &Path) {
+        let write = |rel: &str, contents: &[u8]| {
+            let path = root.join(rel);
+            fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+            fs::write(path, contents).expect("write");
+        };
+        let deep = "l1/l2/l3/l4/l5/l6/l7/l8/l9/l10";
+        write(&format!("{deep}/bottom.txt"), b"deep");
+        write("l1/l2/l3/l4/l5/l6/l7/same/inner/f", b"f");
+        for i in 0..300 {
+            write(&format!("many/entry-with-a-long-name-{i:04}.data"), &[i as u8; 3]);
+        }
+        write(&format!("long/{}.txt", "n".repeat(200)), b"long");
+        write("long/empty", b"");
+        fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
+        let target = (0..8).map(|i| format!("part-{i}-{}", "x".repeat(40))).collect::<Vec<_>>();
+        std::os::unix::fs::symlink(target.join("/"), root.join("long/link")).expect("symlink");
+        std::os::unix::fs::symlink("../many", root.join("long/short-link")).expect("symlink");
+    }
+
+    #[test]
+    fn a_tree_read_from_its_catalog_writes_the_bytes_of_the_same_tree_held_as_nodes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        rich_source(&src);
+        let other = tmp.path().join("other");
+        fs::create_dir_all(other.join("many")).expect("mkdir");
+        fs::write(other.join("many/zz-from-another-graft"), b"z").expect("write");
+
+        let mut tree = IsoTree::new();
+        tree.add_file_bytes("meta-data", b"instance-id: x\n".to_vec(), 0o644).expect("add");
+        tree.add_dir_from_disk("", &src).expect("graft");
+        tree.add_dir_from_disk("", &other).expect("second graft");
+        tree.add_dir_from_disk("copy/of/long", &src.join("long")).expect("graft below");
+        tree.add_file_bytes("many/added-by-hand.txt", b"hand".to_vec(), 0o600).expect("add");
+        let nodes = tree.without_catalog();
+        assert!(nodes.nodes.len() > tree.nodes.len() + 300);
+
+        for (rock_ridge, joliet) in [(true, true), (true, false)] {
+            let mut opts = IsoOptions::new("same");
+            opts.timestamp = Some(1_700_000_000);
+            (opts.rock_ridge, opts.joliet) = (rock_ridge, joliet);
+            let mut from_catalog = Vec::new();
+            write_iso(&tree, &opts, &mut from_catalog).expect("write");
+            let mut from_nodes = Vec::new();
+            write_iso(&nodes, &opts, &mut from_nodes).expect("write");
+            assert!(from_catalog == from_nodes, "images differ (joliet: {joliet})");
+        }
+    }
+
+    #[test]
+    fn errors_found_while_writing_name_entries_described_from_disk() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        rich_source(&src);
+        fs::write(src.join("many/what:is"), b"").expect("write");
+        fs::write(src.join("many/what?is"), b"").expect("write");
+        let tree = IsoTree::from_dir(&src).expect("tree");
+        let err = write_iso(&tree, &IsoOptions::new("x"), io::sink()).expect_err("collision");
+        assert!(
+            matches!(&err, WriteError::MapJolietName { first, second }
+                if first == "many/what:is" && second == "many/what?is"),
+            "{err}"
+        );
+
+        let mut opts = IsoOptions::new("x");
+        (opts.rock_ridge, opts.joliet) = (false, false);
+        fs::remove_file(src.join("long/link")).expect("rm");
+        fs::remove_file(src.join("long/short-link")).expect("rm");
+        let tree = IsoTree::from_dir(&src).expect("tree");
+        let err = write_iso(&tree, &opts, io::sink()).expect_err("too deep");
+        assert!(
+            matches!(&err, WriteError::RelocateDirectory { path }
+                if path == "l1/l2/l3/l4/l5/l6/l7/l8"),
+            "{err}"
+        );
+
+        // A file that shrank after it was described.
+        let tree = IsoTree::from_dir(&src.join("long")).expect("tree");
+        let long = src.join(format!("long/{}.txt", "n".repeat(200)));
+        fs::write(&long, b"").expect("truncate");
+        let err = write_iso(&tree, &IsoOptions::new("x"), io::sink()).expect_err("shrank");
+        assert!(
+            matches!(&err, WriteError::CheckFileSize { path, expected: 4, found: 0 }
+                if *path == long),
+            "{err}"
         );
     }
 }

@@ -1,0 +1,275 @@
+//! The catalog: the files and symbolic links found on disk while a tree is described, kept
+//! in an unnamed temporary file instead of memory.
+//!
+//! A tree described from disk can hold millions of entries, while an image can hold at
+//! most 65535 directories. So directories stay in memory as tree nodes, and every other
+//! disk entry becomes a record here: name, attributes, size or link target. The records of
+//! one disk directory form a *run*, read back whole whenever the writer visits that
+//! directory, so memory grows with the largest directory, not with the tree.
+//!
+//! The file is created with [`tempfile::tempfile`] in [`std::env::temp_dir`]: it has no
+//! name, so nothing is left behind whatever happens to the process.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::tree::Attrs;
+
+/// Record kinds.
+const KIND_FILE: u8 = 1;
+const KIND_SYMLINK: u8 = 2;
+
+/// The temporary file of records, shared by clones of a tree: runs are only ever appended,
+/// each at a range reserved atomically, so what one clone wrote never changes.
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    file: File,
+    end: AtomicU64,
+}
+
+/// Where one disk directory's records are in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Run {
+    offset: u64,
+    len: u64,
+}
+
+impl Catalog {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Catalog { file: tempfile::tempfile()?, end: AtomicU64::new(0) })
+    }
+
+    /// Appends the finished run `run`.
+    pub(crate) fn append(&self, run: &RunWriter) -> io::Result<Run> {
+        let len = run.buf.len() as u64;
+        let offset = self.end.fetch_add(len, Ordering::Relaxed);
+        self.file.write_all_at(&run.buf, offset)?;
+        Ok(Run { offset, len })
+    }
+
+    /// Reads run `run` back.
+    pub(crate) fn read(&self, run: Run) -> io::Result<RunReader> {
+        let len = usize::try_from(run.len).map_err(io::Error::other)?;
+        let mut buf = vec![0; len];
+        self.file.read_exact_at(&mut buf, run.offset)?;
+        RunReader::new(buf)
+    }
+}
+
+/// Encodes the records of one disk directory: a header with the directory's path, then one
+/// record per entry, all numbers little-endian.
+#[derive(Debug)]
+pub(crate) struct RunWriter {
+    buf: Vec<u8>,
+    records: usize,
+}
+
+impl RunWriter {
+    pub(crate) fn new(disk_dir: &Path) -> Self {
+        let mut w = RunWriter { buf: Vec::new(), records: 0 };
+        w.bytes(disk_dir.as_os_str().as_bytes());
+        w
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    pub(crate) fn file(&mut self, name: &str, size: u64, attrs: &Attrs) {
+        self.header(KIND_FILE, name, attrs);
+        self.buf.extend_from_slice(&size.to_le_bytes());
+    }
+
+    pub(crate) fn symlink(&mut self, name: &str, target: &str, attrs: &Attrs) {
+        self.header(KIND_SYMLINK, name, attrs);
+        self.bytes(target.as_bytes());
+    }
+
+    fn header(&mut self, kind: u8, name: &str, attrs: &Attrs) {
+        self.records += 1;
+        self.buf.push(kind);
+        self.bytes(name.as_bytes());
+        for v in [attrs.mode, attrs.uid, attrs.gid, attrs.serial] {
+            self.buf.extend_from_slice(&v.to_le_bytes());
+        }
+        // Disk entries always have a time; `None` is only for entries made in memory.
+        let mtime = attrs.mtime.unwrap_or(0);
+        self.buf.extend_from_slice(&mtime.to_le_bytes());
+    }
+
+    /// A length-prefixed byte string; names are at most 255 bytes, link targets and disk
+    /// paths at most 4095 (checked when the tree is described), so 16 bits are enough.
+    fn bytes(&mut self, b: &[u8]) {
+        let len = u16::try_from(b.len()).expect("names, targets and paths fit in 64 KiB");
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(b);
+    }
+}
+
+/// What one record describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RecordKind<'r> {
+    File { size: u64 },
+    Symlink { target: &'r str },
+}
+
+/// One decoded record, borrowing from its run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record<'r> {
+    pub name: &'r str,
+    pub kind: RecordKind<'r>,
+    pub attrs: Attrs,
+}
+
+/// A run read back and checked: the disk directory it came from and its records.
+#[derive(Debug)]
+pub(crate) struct RunReader {
+    buf: Vec<u8>,
+    disk_dir: PathBuf,
+    /// Where each record starts in `buf`.
+    records: Vec<u32>,
+}
+
+impl RunReader {
+    fn new(buf: Vec<u8>) -> io::Result<Self> {
+        if u32::try_from(buf.len()).is_err() {
+            // Some 60 million entries in one directory.
+            return Err(io::Error::other("a directory's records exceed 4 GiB"));
+        }
+        let mut at = 0;
+        let disk_dir = PathBuf::from(std::ffi::OsStr::from_bytes(take_bytes(&buf, &mut at)?));
+        let mut records = Vec::new();
+        while at < buf.len() {
+            records.push(at as u32);
+            decode(&buf, &mut at)?;
+        }
+        Ok(RunReader { buf, disk_dir, records })
+    }
+
+    /// The disk directory holding the run's entries.
+    pub(crate) fn disk_dir(&self) -> &Path {
+        &self.disk_dir
+    }
+
+    /// The number of records.
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Record `i`, in the order they were written (by name).
+    pub(crate) fn record(&self, i: usize) -> Record<'_> {
+        let mut at = self.records[i] as usize;
+        decode(&self.buf, &mut at).expect("records are checked when the run is read")
+    }
+
+    /// The name of record `i`.
+    pub(crate) fn name(&self, i: usize) -> &str {
+        let mut at = self.records[i] as usize + 1;
+        take_bytes(&self.buf, &mut at)
+            .and_then(utf8)
+            .expect("records are checked when the run is read")
+    }
+}
+
+fn decode<'r>(buf: &'r [u8], at: &mut usize) -> io::Result<Record<'r>> {
+    let kind = take(buf, at, 1)?[0];
+    let name = utf8(take_bytes(buf, at)?)?;
+    let mut u32s = [0u32; 4];
+    for v in &mut u32s {
+        *v = u32::from_le_bytes(take(buf, at, 4)?.try_into().expect("took 4 bytes"));
+    }
+    let [mode, uid, gid, serial] = u32s;
+    let mtime = i64::from_le_bytes(take(buf, at, 8)?.try_into().expect("took 8 bytes"));
+    let attrs = Attrs { mode, uid, gid, mtime: Some(mtime), serial };
+    let kind = match kind {
+        KIND_FILE => RecordKind::File {
+            size: u64::from_le_bytes(take(buf, at, 8)?.try_into().expect("took 8 bytes")),
+        },
+        KIND_SYMLINK => RecordKind::Symlink { target: utf8(take_bytes(buf, at)?)? },
+        _ => return Err(damaged()),
+    };
+    Ok(Record { name, kind, attrs })
+}
+
+fn take<'r>(buf: &'r [u8], at: &mut usize, n: usize) -> io::Result<&'r [u8]> {
+    let bytes = buf.get(*at..*at + n).ok_or_else(damaged)?;
+    *at += n;
+    Ok(bytes)
+}
+
+fn take_bytes<'r>(buf: &'r [u8], at: &mut usize) -> io::Result<&'r [u8]> {
+    let len = u16::from_le_bytes(take(buf, at, 2)?.try_into().expect("took 2 bytes"));
+    take(buf, at, usize::from(len))
+}
+
+fn utf8(b: &[u8]) -> io::Result<&str> {
+    std::str::from_utf8(b).map_err(|_| damaged())
+}
+
+fn damaged() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "damaged record in the temporary catalog")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(serial: u32) -> Attrs {
+        Attrs { mode: 0o640, uid: 1000, gid: 100, mtime: Some(-5), serial }
+    }
+
+    #[test]
+    fn runs_read_back_as_written() {
+        let catalog = Catalog::new().expect("temporary file");
+        let mut first = RunWriter::new(Path::new("/src/dir"));
+        first.file("a.txt", 5_000_000_000, &attrs(2));
+        first.symlink("link", "../a.txt", &attrs(3));
+        let mut second = RunWriter::new(Path::new("/other"));
+        assert!(second.is_empty());
+        second.file("données", 0, &attrs(9));
+
+        let one = catalog.append(&first).expect("append");
+        let two = catalog.append(&second).expect("append");
+
+        let back = catalog.read(two).expect("read");
+        assert_eq!(back.disk_dir(), Path::new("/other"));
+        assert_eq!(back.len(), 1);
+        assert_eq!(back.name(0), "données");
+
+        let back = catalog.read(one).expect("read");
+        assert_eq!((back.name(0), back.name(1)), ("a.txt", "link"));
+        let records: Vec<Record<'_>> = (0..back.len()).map(|i| back.record(i)).collect();
+        assert_eq!(
+            records,
+            [
+                Record {
+                    name: "a.txt",
+                    kind: RecordKind::File { size: 5_000_000_000 },
+                    attrs: attrs(2)
+                },
+                Record {
+                    name: "link",
+                    kind: RecordKind::Symlink { target: "../a.txt" },
+                    attrs: attrs(3)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_run_is_an_error_when_read_not_a_panic_later() {
+        let mut run = RunWriter::new(Path::new("/d"));
+        run.file("f", 1, &attrs(1));
+        let cut = run.buf[..run.buf.len() - 3].to_vec();
+        let err = RunReader::new(cut).expect_err("truncated record");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut bad_name = run.buf.clone();
+        let name_at = bad_name.len() - 8 - 8 - 16 - 1;
+        bad_name[name_at] = 0xff;
+        assert!(RunReader::new(bad_name).is_err());
+    }
+}
