@@ -181,7 +181,14 @@ fn check_round_trip(strings: &[String], schema: Schema) {
     // meta-data goes through the same emitter.
     for s in strings
         .iter()
-        .filter(|s| !s.trim().is_empty() && !s.contains('/') && !s.chars().any(char::is_control))
+        // An instance-id names a directory under /var/lib/cloud/instances: `.` and `..` are
+        // refused like `/` (regression: the generator found `.`, which this filter let through).
+        .filter(|s| {
+            !s.trim().is_empty()
+                && !matches!(s.as_str(), "." | "..")
+                && !s.contains('/')
+                && !s.chars().any(char::is_control)
+        })
     {
         let meta = MetaData { instance_id: s.clone(), local_hostname: s.clone() };
         documents.push(meta.render().expect("usable instance-id renders"));
