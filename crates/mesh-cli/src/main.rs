@@ -315,9 +315,9 @@ fn main() -> ExitCode {
 
 /// Runs one subcommand.
 fn dispatch(command: Command) -> Result<ExitCode> {
+    // Subcommands that do no I/O concurrency run without the async runtime: starting its
+    // worker threads costs more than a whole `mesh seed`.
     match command {
-        // Subcommands that do no I/O concurrency run without the async runtime: starting its
-        // worker threads costs more than a whole `mesh seed`.
         Command::Seed(args) => seed(args),
         Command::Iso { out, dir, label, timestamp } => iso(out, dir, label, timestamp),
         Command::Status { name, json } => status(name, json),
@@ -325,12 +325,28 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::ShaperDaemon { config } => {
             mesh_core::netfault::run_daemon(&config).map(|()| ExitCode::SUCCESS).map_err(Into::into)
         }
-        command => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?
-            .block_on(run(command)),
+        Command::Up(args) => block_on(up(args)),
+        Command::Exec { name, nodes, json, timeout, command } => {
+            block_on(exec(&name, &nodes, json, timeout, &command))
+        }
+        Command::Console { name, node } => block_on(console(&name, &node)),
+        Command::Down { name, all } => block_on(down(name, all)),
+        Command::Gc => block_on(gc()),
+        Command::Net(args) => block_on(net(args)),
+        Command::Node { name, node, action, state, no_wait } => {
+            block_on(node_fault(&name, &node, &action, state.as_deref(), no_wait))
+        }
+        Command::Image(cmd) => block_on(image(cmd)),
     }
+}
+
+/// Runs an async subcommand on a multi-threaded runtime started for it.
+fn block_on(subcommand: impl std::future::Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(subcommand)
 }
 
 /// The exit code of a subcommand's outcome; an error is printed as one line.
@@ -371,28 +387,6 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-}
-
-async fn run(command: Command) -> Result<ExitCode> {
-    match command {
-        Command::Up(args) => up(args).await,
-        Command::Exec { name, nodes, json, timeout, command } => {
-            exec(&name, &nodes, json, timeout, &command).await
-        }
-        Command::Console { name, node } => console(&name, &node).await,
-        Command::Down { name, all } => down(name, all).await,
-        Command::Gc => gc().await,
-        Command::Net(args) => net(args).await,
-        Command::Node { name, node, action, state, no_wait } => {
-            node_fault(&name, &node, &action, state.as_deref(), no_wait).await
-        }
-        Command::Image(cmd) => image(cmd).await,
-        Command::Seed(_)
-        | Command::Iso { .. }
-        | Command::Status { .. }
-        | Command::Ssh { .. }
-        | Command::ShaperDaemon { .. } => unreachable!("handled without the runtime in main"),
-    }
 }
 
 fn progress_printer() -> mesh_core::ProgressFn {

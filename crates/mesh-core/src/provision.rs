@@ -306,11 +306,6 @@ mod tests {
         assert_eq!(status_of(None), "unknown");
         assert!(ready_script().contains("r=/run/cloud-init/result.json\nif [ ! -s"));
     }
-}
-
-#[cfg(test)]
-mod seed_tests {
-    use super::*;
 
     fn user_data(cloud_config: Option<serde_json::Value>) -> String {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -413,6 +413,14 @@ impl PListing<'_> {
     }
 }
 
+/// The size of a listing entry the layout took for a regular file (`PKind::File`).
+fn file_size(entry: &Entry<'_>) -> u64 {
+    match entry.kind {
+        EntryKind::File { size, .. } => size,
+        _ => unreachable!("PKind::File stands for a file"),
+    }
+}
+
 /// A directory of the Joliet hierarchy.
 #[derive(Debug)]
 struct JDir {
@@ -845,9 +853,7 @@ impl<'a> Plan<'a> {
         let mut next = u64::from(dir.data_lba);
         for e in &mut entries {
             if let PKind::File { lba } = &mut e.kind {
-                let EntryKind::File { size, .. } = listing.entry(e.entry as usize).kind else {
-                    unreachable!("PKind::File stands for a file");
-                };
+                let size = file_size(&listing.entry(e.entry as usize));
                 *lba = next as u32;
                 next += size.div_ceil(SECTOR as u64);
             }
@@ -930,9 +936,7 @@ impl<'a> Plan<'a> {
                 }
                 PKind::File { lba } => {
                     let entry = listing.entry(e);
-                    let EntryKind::File { size, .. } = entry.kind else {
-                        unreachable!("PKind::File stands for a file");
-                    };
+                    let size = file_size(&entry);
                     let time = self.time_of(entry.attrs.mtime);
                     for (lba, size, flags) in extents(size, lba) {
                         let mut su = self.entry_attrs(S_IFREG, &entry.attrs);
@@ -988,9 +992,7 @@ impl<'a> Plan<'a> {
                 }
                 PKind::File { lba } => {
                     let entry = listing.entry(e);
-                    let EntryKind::File { size, .. } = entry.kind else {
-                        unreachable!("PKind::File stands for a file");
-                    };
+                    let size = file_size(&entry);
                     let time = self.time_of(entry.attrs.mtime);
                     for (lba, size, flags) in extents(size, lba) {
                         record(&mut out, ident, lba, size, time, flags)?;
