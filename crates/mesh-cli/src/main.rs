@@ -3,7 +3,11 @@
 //!
 //! Argument parsing, progress, tables and JSON only: every decision lives in `mesh-core`.
 
+// The binary provides the C `main` itself, see `main` below.
+#![cfg_attr(not(test), no_main)]
+
 mod report;
+mod seed_args;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -30,7 +34,7 @@ struct Cli {
 }
 
 /// Arguments of `mesh seed`.
-#[derive(Args)]
+#[derive(Args, Debug, PartialEq)]
 struct SeedArgs {
     /// Output image.
     out: PathBuf,
@@ -187,7 +191,7 @@ struct NetArgs {
     one_way: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 enum SeedFormat {
     Iso,
     Vfat,
@@ -294,16 +298,68 @@ enum AccelArg {
     Tcg,
 }
 
-fn main() -> ExitCode {
+/// The process entry point, in place of the Rust runtime's.
+///
+/// `mesh seed` is called once per VM by scripts, so start-up counts: the runtime's own start
+/// reads `/proc/self/maps` to place a guard below the main thread's stack and maps an
+/// alternate signal stack, which together cost about as much as parsing the seed's YAML. This
+/// entry point does what of that start the tool needs (standard descriptors open, SIGPIPE at
+/// its default, panics turned into exit status 101, standard output flushed at the end) and
+/// leaves out the rest; the one visible difference is that a stack overflow ends the process
+/// with SIGSEGV without the runtime's one-line explanation. Arguments still come from
+/// `std::env::args_os`, which glibc hands to the standard library before `main` runs.
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    use std::io::Write;
+    open_standard_fds();
+    let status = match std::panic::catch_unwind(run) {
+        Ok(code) => exit_status(code),
+        Err(_) => 101,
+    };
+    let _ = std::io::stdout().flush();
+    status
+}
+
+/// The number behind an `ExitCode`, which the standard library does not expose: every code
+/// this binary makes comes from `ExitCode::from(u8)`, `SUCCESS` or `FAILURE`.
+#[cfg_attr(test, allow(dead_code))]
+fn exit_status(code: ExitCode) -> libc::c_int {
+    (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).map_or(1, libc::c_int::from)
+}
+
+/// Opens `/dev/null` on any of descriptors 0, 1 and 2 that the caller left closed, as the Rust
+/// runtime would, so that no file the tool opens later takes their place.
+#[cfg_attr(test, allow(dead_code))]
+fn open_standard_fds() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd { fd, events: 0, revents: 0 });
+    // SAFETY: `fds` is a live array of three pollfd structs; a zero timeout does not block.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } < 0 {
+        return;
+    }
+    for _closed in fds.iter().filter(|f| f.revents & libc::POLLNVAL != 0) {
+        // SAFETY: opening a constant NUL-terminated path. The lowest free descriptor is
+        // the closed one, since the ones below it are open already or opened just now.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+    }
+}
+
+/// The whole command: its exit code.
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> ExitCode {
     // Output piped into `head` must end quietly, as for any Unix tool, not panic.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "seed") {
-        let cli = SeedCli::parse_from(std::env::args_os().skip(1));
-        quiet_logging(cli.verbose);
-        return finish(seed(cli.args));
+    let argv: Vec<_> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "seed") {
+        let (verbose, args) = seed_args::plain(&argv[2..]).unwrap_or_else(|| {
+            let cli = SeedCli::parse_from(&argv[1..]);
+            (cli.verbose, cli.args)
+        });
+        quiet_logging(verbose);
+        return finish(seed(args));
     }
     let cli = Cli::parse();
     match &cli.command {
@@ -983,4 +1039,18 @@ fn iso(out: PathBuf, dir: PathBuf, label: String, timestamp: Option<i64>) -> Res
     opts.timestamp = timestamp;
     mesh_iso::write_iso_file(&tree, &opts, &out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_is_the_number_the_code_was_made_from() {
+        assert_eq!(exit_status(ExitCode::SUCCESS), 0);
+        assert_eq!(exit_status(ExitCode::FAILURE), 1);
+        for n in [2u8, 101, 130, 143, 255] {
+            assert_eq!(exit_status(ExitCode::from(n)), libc::c_int::from(n));
+        }
+    }
 }
