@@ -55,23 +55,6 @@ struct SeedArgs {
     format: SeedFormat,
 }
 
-// `mesh seed` on its own. `mesh seed ...` is parsed with this instead of `Cli`: building the
-// whole command tree costs more than writing a seed does.
-#[derive(Parser)]
-#[command(
-    name = "mesh seed",
-    bin_name = "mesh seed",
-    version,
-    about = "Write a NoCloud seed (a drop-in for cloud-localds)."
-)]
-struct SeedCli {
-    /// More logging (-v info, -vv debug, -vvv trace).
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    #[command(flatten)]
-    args: SeedArgs,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Create a mesh, wait until every node is ready, run the action (or the built-in
@@ -352,16 +335,16 @@ fn run() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // `mesh seed` in its plain form skips clap (see `seed_args`); anything else about it,
+    // help and errors included, goes through the whole command line parser below.
     let argv: Vec<_> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "seed") {
-        let (verbose, args) = seed_args::plain(&argv[2..]).unwrap_or_else(|| {
-            let cli = SeedCli::parse_from(&argv[1..]);
-            (cli.verbose, cli.args)
-        });
-        quiet_logging(verbose);
-        return finish(seed(args));
+        if let Some((verbose, args)) = seed_args::plain(&argv[2..]) {
+            quiet_logging(verbose);
+            return finish(seed(args));
+        }
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(argv);
     match &cli.command {
         Command::Seed(_) | Command::Iso { .. } => quiet_logging(cli.verbose),
         _ => init_logging(cli.verbose),
@@ -441,6 +424,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .init();
 }
@@ -1011,25 +995,42 @@ fn seed(args: SeedArgs) -> Result<ExitCode> {
     let md = read_input(&meta_data)?;
     let nc = network_config.as_deref().map(read_input).transpose()?;
     let vd = vendor_data.as_deref().map(read_input).transpose()?;
+    let timestamp = source_date_epoch()?;
     let seed = mesh_cloudinit::Seed::from_files(&ud, &md, nc.as_deref(), vd.as_deref())?;
     match format {
-        SeedFormat::Iso => seed.write_iso(&out)?,
+        SeedFormat::Iso => seed.write_iso_at(&out, timestamp)?,
         SeedFormat::Vfat => seed.write_vfat(&out)?,
     }
+    // Say so when the seed does not hold the input byte for byte (a byte-order mark, leading
+    // blank lines or CRLF line endings are normalised rather than rejected).
+    let inputs = [("user-data", Some(&ud)), ("vendor-data", vd.as_ref())];
+    for (name, written) in seed.files() {
+        if let Some((_, Some(input))) = inputs.iter().find(|(n, _)| *n == name) {
+            if written != input.as_slice() {
+                eprintln!(
+                    "note: {name} normalised (byte-order mark, leading blank lines or CRLF line \
+                     endings removed)"
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `SOURCE_DATE_EPOCH`, when set: the timestamp for reproducible images.
+fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Ok(Some(
+            v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
+        )),
+        Err(_) => Ok(None),
+    }
 }
 
 fn iso(out: PathBuf, dir: PathBuf, label: String, timestamp: Option<i64>) -> Result<ExitCode> {
     let timestamp = match timestamp {
         Some(t) => Some(t),
-        None => match std::env::var("SOURCE_DATE_EPOCH") {
-            Ok(v) => Some(
-                v.trim()
-                    .parse()
-                    .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
-            ),
-            Err(_) => None,
-        },
+        None => source_date_epoch()?,
     };
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());

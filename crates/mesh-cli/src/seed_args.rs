@@ -4,9 +4,9 @@
 //! is part of its cost: building clap's command description for it takes longer than writing
 //! the seed. This reader accepts only the unambiguous common form (one output path, the four
 //! input options as `--opt VALUE` or `--opt=VALUE`, `--format iso|vfat`, `-v`); for anything
-//! else (help, version, a typo, a repeated option, a value that starts with `-`) it declines,
-//! and clap parses the same arguments and gives its usual message. A test checks that both
-//! readers agree on every form this one accepts.
+//! else (help, a typo, a repeated option, a value that starts with `-`) it declines, and the
+//! whole command line goes through clap, which gives its usual help or message. A test checks
+//! that both readers agree on every form this one accepts.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -83,8 +83,11 @@ mod tests {
     use clap::Parser;
 
     fn clap_reading(args: &[&str]) -> Option<(u8, SeedArgs)> {
-        let argv = std::iter::once("seed").chain(args.iter().copied());
-        crate::SeedCli::try_parse_from(argv).ok().map(|c| (c.verbose, c.args))
+        let argv = ["mesh", "seed"].into_iter().chain(args.iter().copied());
+        match crate::Cli::try_parse_from(argv).ok()? {
+            crate::Cli { verbose, command: crate::Command::Seed(args) } => Some((verbose, args)),
+            _ => None,
+        }
     }
 
     fn plain_reading(args: &[&str]) -> Option<(u8, SeedArgs)> {

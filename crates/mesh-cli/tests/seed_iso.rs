@@ -146,3 +146,72 @@ fn iso_of_a_directory_keeps_modes_and_links() {
     assert_eq!(String::from_utf8_lossy(&o.stderr).trim_end().lines().count(), 1);
     assert!(!tmp.path().join("bad.iso").exists());
 }
+
+#[test]
+fn seed_help_and_errors_are_those_of_the_whole_command_line() {
+    // The plain-form reader declines anything unusual; what the user sees then must be what
+    // `mesh` itself says about its `seed` subcommand.
+    let help = ok(mesh().args(["seed", "--help"]));
+    assert_eq!(help, ok(mesh().args(["help", "seed"])));
+    for bad in [&["seed", "-V"][..], &["seed", "o", "--user-data", "u", "--meta-data", "m", "-x"]] {
+        let o = run(mesh().args(bad));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        let via_flag = run(mesh().arg("-v").args(bad));
+        assert_eq!(o.stderr, via_flag.stderr, "{bad:?}");
+    }
+}
+
+#[test]
+fn seed_names_the_document_it_rejects_and_says_when_it_normalised_one() {
+    let tmp = tempfile::tempdir().expect("test setup");
+    inputs(tmp.path());
+    fs::write(tmp.path().join("dashed"), "---\n#cloud-config\n").expect("test setup");
+    let o = run(mesh().current_dir(tmp.path()).args([
+        "seed",
+        "o.iso",
+        "--user-data",
+        "ud",
+        "--meta-data",
+        "md",
+        "--vendor-data",
+        "dashed",
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.starts_with("error: vendor-data rejected") && !err.contains("user-data"), "{err}");
+
+    fs::write(tmp.path().join("crlf"), "#!/bin/sh\r\necho hi\r\n").expect("test setup");
+    let o = run(mesh().current_dir(tmp.path()).args([
+        "seed",
+        "o.iso",
+        "--user-data",
+        "crlf",
+        "--meta-data",
+        "md",
+    ]));
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("note: user-data normalised"));
+    let ud = ok(Command::new("isoinfo")
+        .args(["-R", "-x", "/user-data", "-i"])
+        .arg(tmp.path().join("o.iso")));
+    assert_eq!(ud, "#!/bin/sh\necho hi\n");
+}
+
+#[test]
+fn seed_iso_follows_source_date_epoch() {
+    let tmp = tempfile::tempdir().expect("test setup");
+    inputs(tmp.path());
+    for name in ["a.iso", "b.iso"] {
+        ok(mesh().current_dir(tmp.path()).env("SOURCE_DATE_EPOCH", "1700000000").args([
+            "seed",
+            name,
+            "--user-data",
+            "ud",
+            "--meta-data",
+            "md",
+        ]));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let read = |n: &str| fs::read(tmp.path().join(n)).expect("image");
+    assert_eq!(read("a.iso"), read("b.iso"));
+}

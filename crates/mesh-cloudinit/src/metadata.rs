@@ -44,9 +44,9 @@ pub enum MetaDataError {
     /// The document is not UTF-8 text.
     #[error("meta-data is not UTF-8 text")]
     Decode(#[source] std::str::Utf8Error),
-    /// The YAML does not parse or is not a mapping.
-    #[error("meta-data is not a YAML mapping")]
-    Parse(#[source] YamlError),
+    /// The YAML does not parse or is not a mapping (the cause names the document).
+    #[error(transparent)]
+    Parse(YamlError),
     /// A key differs from a key cloud-init reads only in case or punctuation, so cloud-init
     /// would ignore it.
     #[error("meta-data key {key:?} is not read by cloud-init; did you mean {expected:?}?")]
@@ -60,7 +60,7 @@ pub enum MetaDataError {
     #[error("meta-data has no instance-id")]
     CheckInstanceIdMissing,
     /// `instance-id` is empty, not a string, or unusable as a directory name.
-    #[error("meta-data instance-id {found} must be a non-empty quoted string without '/' or control characters")]
+    #[error("meta-data instance-id {found} must be a non-empty string without '/' or control characters")]
     CheckInstanceId {
         /// What was found, as JSON.
         found: String,

@@ -139,9 +139,9 @@ pub enum NetworkConfigError {
     /// A supplied document is not UTF-8 text.
     #[error("network-config is not UTF-8 text")]
     Decode(#[source] std::str::Utf8Error),
-    /// A supplied document is not a YAML mapping.
-    #[error("network-config is not a YAML mapping")]
-    Parse(#[source] YamlError),
+    /// A supplied document is not a YAML mapping (the cause names the document).
+    #[error(transparent)]
+    Parse(YamlError),
     /// A supplied document wraps its config in a top-level `network:` key.
     #[error("network-config has a top-level `network:` key; write its contents at the top level")]
     CheckNetworkWrapper,

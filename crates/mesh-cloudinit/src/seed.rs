@@ -43,12 +43,12 @@ pub enum SeedError {
     /// Supplied vendor-data is invalid.
     #[error("vendor-data rejected")]
     CheckVendorData(#[source] UserDataError),
-    /// Supplied meta-data is invalid.
-    #[error("meta-data rejected")]
-    CheckMetaData(#[source] MetaDataError),
-    /// Supplied network-config is invalid.
-    #[error("network-config rejected")]
-    CheckNetworkConfig(#[source] NetworkConfigError),
+    /// Supplied meta-data is invalid (the cause names the document).
+    #[error(transparent)]
+    CheckMetaData(MetaDataError),
+    /// Supplied network-config is invalid (the cause names the document).
+    #[error(transparent)]
+    CheckNetworkConfig(NetworkConfigError),
     /// mesh-iso refused a file.
     #[error("cannot add {name} to the ISO tree")]
     BuildIsoTree {
@@ -210,8 +210,16 @@ impl Seed {
     }
 
     /// Writes the seed as an ISO9660 image labelled `cidata` (Rock Ridge and Joliet), via a
-    /// temporary file renamed into place.
+    /// temporary file renamed into place. Its timestamps are the current time; see
+    /// [`Seed::write_iso_at`] for reproducible images.
     pub fn write_iso(&self, out: &Path) -> Result<(), SeedError> {
+        self.write_iso_at(out, None)
+    }
+
+    /// As [`Seed::write_iso`], with every timestamp in the image set to `timestamp` (seconds
+    /// since the Unix epoch, as in `SOURCE_DATE_EPOCH`) when given: the same seed and
+    /// timestamp then give the same bytes.
+    pub fn write_iso_at(&self, out: &Path, timestamp: Option<i64>) -> Result<(), SeedError> {
         let mut tree = mesh_iso::IsoTree::new();
         for (name, contents) in self.files() {
             tree.add_file_bytes(name, contents.to_vec(), ISO_FILE_MODE)
@@ -220,6 +228,7 @@ impl Seed {
         let mut options = mesh_iso::IsoOptions::new(ISO_LABEL);
         options.rock_ridge = true;
         options.joliet = true;
+        options.timestamp = timestamp;
 
         // Seeds are a few KiB: build in memory, then write and rename like the vfat image.
         let mut image = Vec::new();
@@ -276,29 +285,46 @@ impl Seed {
 /// Writes `image` to a temporary sibling of `out` and renames it into place, so readers see
 /// the old seed or the new one, never a partial file.
 ///
+/// As with a plain `open` of `out`: a symlink at `out` is written through (its target is
+/// replaced; a dangling link is itself replaced), and a file that is replaced keeps its
+/// permission bits.
+///
 /// No fsync: a seed is derived data that `mesh up` writes again from the mesh spec, so after
 /// a host crash it is rebuilt rather than trusted; an fsync per node costs milliseconds on a
 /// busy disk, more than building the seed.
 fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
-    let temp = temp_path(out);
-    if let Err(source) = write_sparse(&temp, image) {
+    let out = &match fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::canonicalize(out).unwrap_or_else(|_| out.to_owned())
+        }
+        _ => out.to_owned(),
+    };
+    let failed = |source| SeedError::WriteImage { path: out.to_owned(), source };
+    let (temp, file) = create_temp(out).map_err(failed)?;
+    let written = (|| {
+        if let Some(old) = fs::metadata(out).ok().filter(|m| m.is_file()) {
+            file.set_permissions(old.permissions())?;
+        }
+        write_sparse(&file, image)
+    })();
+    drop(file);
+    if let Err(source) = written {
         let _ = fs::remove_file(&temp);
-        return Err(SeedError::WriteImage { path: temp, source });
+        return Err(failed(source));
     }
     rename_into_place(&temp, out)?;
     tracing::debug!(path = %out.display(), bytes = image.len(), "seed image written");
     Ok(())
 }
 
-/// Writes `image`, leaving all-zero 4 KiB blocks as holes: most of a FAT image is empty
-/// clusters, and a hole reads back as zeros at no I/O cost.
-fn write_sparse(path: &Path, image: &[u8]) -> std::io::Result<()> {
+/// Writes `image` into the empty `file`, leaving all-zero 4 KiB blocks as holes: most of a
+/// FAT image is empty clusters, and a hole reads back as zeros at no I/O cost.
+fn write_sparse(file: &fs::File, image: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
 
     const BLOCK: usize = 4096;
     // Compared as slices (memcmp), which stays fast in unoptimised builds too.
     static ZEROS: [u8; BLOCK] = [0; BLOCK];
-    let file = fs::File::create(path)?;
     file.set_len(image.len() as u64)?;
     for (index, block) in image.chunks(BLOCK).enumerate() {
         if block != &ZEROS[..block.len()] {
@@ -308,13 +334,25 @@ fn write_sparse(path: &Path, image: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A sibling of `out`, so the final rename stays on one filesystem; unique per process and
-/// call, so threads writing the same seed do not share a temporary file.
-fn temp_path(out: &Path) -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let serial = NEXT.fetch_add(1, Ordering::Relaxed);
+/// The serial number of the next temporary file name.
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// Creates a new temporary sibling of `out` (a sibling, so the final rename stays on one
+/// filesystem). The name is unique per process and call, and the file is created with
+/// `O_EXCL`: a file or symlink someone else put under that name is never opened, the next
+/// name is tried instead.
+fn create_temp(out: &Path) -> std::io::Result<(PathBuf, fs::File)> {
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    out.with_file_name(format!(".{name}.tmp-{}-{serial}", std::process::id()))
+    let mut tries = 0;
+    loop {
+        let serial = NEXT.fetch_add(1, Ordering::Relaxed);
+        let temp = out.with_file_name(format!(".{name}.tmp-{}-{serial}", std::process::id()));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 100 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn rename_into_place(temp: &Path, out: &Path) -> Result<(), SeedError> {
@@ -328,6 +366,50 @@ fn rename_into_place(temp: &Path, out: &Path) -> Result<(), SeedError> {
 mod tests {
     use super::*;
     use crate::config::Command;
+
+    #[test]
+    fn write_image_opens_no_file_put_under_its_temporary_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").expect("victim");
+        let next = NEXT.load(Ordering::Relaxed);
+        for serial in next..next + 5 {
+            let name = format!(".out.iso.tmp-{}-{serial}", std::process::id());
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).expect("symlink");
+        }
+        let out = dir.path().join("out.iso");
+        write_image(b"image", &out).expect("written");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious");
+        assert!(fs::symlink_metadata(&out).expect("out").is_file());
+        assert_eq!(fs::read(&out).expect("out"), b"image");
+    }
+
+    #[test]
+    fn write_image_keeps_the_mode_of_a_replaced_file_and_writes_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let real = dir.path().join("real.iso");
+        fs::write(&real, "old").expect("old");
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let link = dir.path().join("link.iso");
+        std::os::unix::fs::symlink("real.iso", &link).expect("symlink");
+        write_image(b"new", &link).expect("written");
+        assert!(fs::symlink_metadata(&link).expect("link").file_type().is_symlink());
+        assert_eq!(fs::read(&real).expect("real"), b"new");
+        let mode = fs::metadata(&real).expect("real").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_iso_seed_with_a_timestamp_is_reproducible() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let seed = Seed::from_files(b"#!/bin/sh\n", b"instance-id: a\n", None, None).expect("ok");
+        let (a, b) = (dir.path().join("a.iso"), dir.path().join("b.iso"));
+        seed.write_iso_at(&a, Some(1_000_000)).expect("a");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        seed.write_iso_at(&b, Some(1_000_000)).expect("b");
+        assert_eq!(fs::read(&a).expect("a"), fs::read(&b).expect("b"));
+    }
 
     fn config(command: &str) -> CloudConfig {
         CloudConfig { runcmd: vec![Command::from(command)], ..CloudConfig::default() }

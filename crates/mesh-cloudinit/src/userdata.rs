@@ -30,11 +30,12 @@ impl UserData {
     }
 }
 
-/// Why user-data was rejected.
+/// Why user-data (or vendor-data, which is read the same way) was rejected. The messages do
+/// not name the document, since both kinds are read by the same code: callers say which.
 #[derive(Debug, thiserror::Error)]
 pub enum UserDataError {
     /// The bytes are not UTF-8.
-    #[error("user-data is not UTF-8 text (first bad byte at offset {offset})")]
+    #[error("not UTF-8 text (first bad byte at offset {offset})")]
     Decode {
         /// Byte offset of the first invalid sequence.
         offset: usize,
@@ -43,10 +44,10 @@ pub enum UserDataError {
         source: std::str::Utf8Error,
     },
     /// There is nothing but whitespace.
-    #[error("user-data is empty")]
+    #[error("empty")]
     CheckEmpty,
     /// A control character other than tab and newline is present.
-    #[error("user-data has control character U+{code:04X} at line {line}, column {column}")]
+    #[error("control character U+{code:04X} at line {line}, column {column}")]
     CheckControlCharacter {
         /// Its code point.
         code: u32,
@@ -57,31 +58,31 @@ pub enum UserDataError {
     },
     /// A YAML document marker comes before the `#cloud-config` header, which cloud-init then
     /// does not see.
-    #[error("user-data starts with `---`; the first line must be `#cloud-config`")]
+    #[error("starts with `---`; the first line must be `#cloud-config`")]
     CheckMarkerBeforeHeader,
     /// A cloud-init format we do not pass through (`#include`, `#cloud-config-archive`, ...).
-    #[error("user-data format {header:?} is not supported; use #cloud-config, #! or MIME")]
+    #[error("format {header:?} is not supported; use #cloud-config, #! or MIME")]
     CheckUnsupportedFormat {
         /// The header line.
         header: String,
     },
     /// The first line names no format cloud-init knows.
     #[error(
-        "user-data is neither cloud-config (first line `#cloud-config`), a script (`#!`) nor \
-         MIME; it starts with {start:?}"
+        "neither cloud-config (first line `#cloud-config`), a script (`#!`) nor MIME; it \
+         starts with {start:?}"
     )]
     CheckUnknownFormat {
         /// The first characters of the first line.
         start: String,
     },
-    /// The cloud-config YAML is invalid.
-    #[error("user-data cloud-config is invalid")]
-    ParseCloudConfig(#[source] YamlError),
+    /// The cloud-config YAML is invalid (the cause says so).
+    #[error(transparent)]
+    ParseCloudConfig(YamlError),
     /// The MIME message is malformed.
-    #[error("user-data MIME message is malformed")]
+    #[error("MIME message is malformed")]
     ParseMime(#[source] MimeError),
     /// A MIME part has a content type cloud-init would ignore or that we do not check.
-    #[error("user-data MIME part {index} has unsupported content type {content_type:?}")]
+    #[error("MIME part {index} has unsupported content type {content_type:?}")]
     CheckPartType {
         /// 0-based leaf part index.
         index: usize,
@@ -89,7 +90,7 @@ pub enum UserDataError {
         content_type: String,
     },
     /// A MIME part is invalid.
-    #[error("user-data MIME part {index} ({content_type}) is invalid")]
+    #[error("MIME part {index} ({content_type}) is invalid")]
     CheckPart {
         /// 0-based leaf part index.
         index: usize,
@@ -140,7 +141,8 @@ fn parse_single(text: &str) -> Result<UserData, UserDataError> {
     let first_line = text.lines().next().unwrap_or("");
     if first_line.trim_end() == CLOUD_CONFIG_HEADER.trim_end() {
         let body = text.split_once('\n').map_or("", |(_, rest)| rest);
-        yaml::parse_mapping("user-data", body).map_err(UserDataError::ParseCloudConfig)?;
+        // The header is a YAML comment: parsed with it, reported line numbers are the file's.
+        yaml::parse_mapping("cloud-config", &text).map_err(UserDataError::ParseCloudConfig)?;
         return Ok(UserData::CloudConfig(format!("{CLOUD_CONFIG_HEADER}{body}")));
     }
     if first_line.starts_with("#!") {
@@ -181,7 +183,7 @@ fn check_part(content_type: &str, body: &[u8]) -> Result<(), UserDataError> {
         // The cloud-config handler needs no header inside a MIME part.
         "text/cloud-config" => {
             check_control_characters(&text.replace("\r\n", "\n"))?;
-            yaml::parse_mapping("user-data", text).map_err(UserDataError::ParseCloudConfig)?;
+            yaml::parse_mapping("cloud-config", text).map_err(UserDataError::ParseCloudConfig)?;
             Ok(())
         }
         "text/x-shellscript"

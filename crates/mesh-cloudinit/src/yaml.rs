@@ -38,13 +38,12 @@ pub enum YamlError {
         line: usize,
     },
     /// The text is not valid YAML.
-    #[error("{document} is not valid YAML")]
+    #[error("{document} is not valid YAML: {}", parser_message(error))]
     Parse {
         /// The document being read.
         document: &'static str,
         /// What the parser reported (it names the line and column).
-        #[source]
-        source: Box<serde_saphyr::Error>,
+        error: Box<serde_saphyr::Error>,
     },
     /// The document parsed but its top level is not a mapping.
     #[error("{document} must be a YAML mapping at the top level, found {found}")]
@@ -80,13 +79,19 @@ pub(crate) fn parse_mapping(
     // The snippet would quote the offending line, which may hold a password or a key.
     options.with_snippet = false;
     let value: Value = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|source| YamlError::Parse { document, source: Box::new(source) })?;
+        .map_err(|error| YamlError::Parse { document, error: Box::new(error) })?;
 
     match value {
         Value::Object(map) => Ok(map),
         Value::Null => Ok(Map::new()),
         other => Err(YamlError::NotAMapping { document, found: kind_of(&other) }),
     }
+}
+
+/// The parser's report without its advice on parser options, which speaks to the
+/// programmer who set them (duplicate keys are refused on purpose), not to the user.
+fn parser_message(error: &serde_saphyr::Error) -> String {
+    error.to_string().replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 
 /// Rejects tabs in the indentation of any line outside a block scalar.

@@ -63,9 +63,10 @@ fn yaml_that_does_not_parse_is_rejected() {
 
 #[test]
 fn tab_indentation_is_rejected_naming_the_line() {
+    // Line 3 of the file: the header line counts, as in an editor.
     let error = user_data_error(b"#cloud-config\nruncmd:\n\t- echo hi\n");
     assert!(
-        matches!(error, UserDataError::ParseCloudConfig(YamlError::TabIndentation { line: 2, .. })),
+        matches!(error, UserDataError::ParseCloudConfig(YamlError::TabIndentation { line: 3, .. })),
         "{error:?}"
     );
     let loaded = common::pyyaml_safe_load_all(&["runcmd:\n\t- echo hi\n".to_owned()]);
