@@ -74,6 +74,7 @@ mod bench;
 mod catalog;
 mod names;
 mod raw;
+mod spill;
 mod susp;
 mod tree;
 mod writer;
