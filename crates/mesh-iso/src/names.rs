@@ -674,6 +674,50 @@ mod tests {
     }
 
     #[test]
+    fn names_sorted_in_spilled_runs_are_the_names_of_the_plain_search() {
+        // Thousands of colliders that run through the one- to four-digit suffixes of
+        // shorter and shorter stems, natural names shaped like suffixed ones at each width
+        // (which must be skipped), and names that only meet at a shorter stem.
+        let mut owned: Vec<(String, bool)> = Vec::new();
+        for i in 0..2500 {
+            owned.push((format!("same-prefix-{i}.log"), false));
+            owned.push((format!("same-pre-other-{i}.log"), i % 3 == 0));
+        }
+        for taken in
+            ["SAME_P_1.LOG", "SAME_P_7.LOG", "SAME__10.LOG", "SAME__11.LOG", "SAME_100.LOG"]
+        {
+            owned.push((taken.to_owned(), false));
+        }
+        owned.push(("SAM_1000.LOG".to_owned(), false));
+        owned.sort();
+        let entries: Vec<(&str, bool)> = owned.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        let want = assign_primary_reference(&entries);
+        assert_eq!(assign_primary(entries.iter().copied()), want);
+        for limit in [1, 64, 4096] {
+            assert_eq!(assign_primary_with(entries.iter().copied(), limit), want, "{limit}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Names crowded onto a few stems, some shaped like suffixed names (`aaaaa_12`).
+        #[test]
+        fn streaming_names_agree_with_the_plain_search(
+            names in proptest::collection::btree_set(
+                "(a{4,9}|ab|a|_)[ab0-9_]{0,4}(\\.[ab]{0,1})?", 0..600),
+            dirs in proptest::collection::vec(proptest::bool::ANY, 600),
+            limit in proptest::sample::select(vec![1usize, 100, 1000, usize::MAX]),
+        ) {
+            let entries: Vec<(&str, bool)> =
+                names.iter().zip(&dirs).map(|(n, d)| (n.as_str(), *d)).collect();
+            proptest::prop_assert_eq!(
+                assign_primary_with(entries.iter().copied(), limit),
+                assign_primary_reference(&entries)
+            );
+        }
+    }
+
+    #[test]
     fn many_collisions_stay_unique_and_valid() {
         let owned: Vec<String> = (0..1500).map(|i| format!("same-prefix-{i}.log")).collect();
         let entries: Vec<(&str, bool)> = owned.iter().map(|s| (s.as_str(), false)).collect();

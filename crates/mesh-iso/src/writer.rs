@@ -1688,6 +1688,77 @@ mod tests {
         }
     }
 
+    /// Every sort through temporary files: runs of a few entries, merged in several rounds.
+    const SPILL_ALWAYS: usize = 512;
+
+    #[test]
+    fn entries_sorted_in_spilled_runs_give_the_bytes_of_in_memory_sorts() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        rich_source(&src);
+        for i in 0..2000 {
+            // 8.3 collisions that need two- and three-digit suffixes, next to natural names
+            // shaped like suffixed ones.
+            fs::write(src.join(format!("many/{}-{i}.data", ["x", "entry"][i % 2])), b"")
+                .expect("w");
+        }
+        for taken in ["ENTRY_1.DAT", "ENTRY_12.DAT", "ENTR_100.DAT"] {
+            fs::write(src.join("many").join(taken), b"").expect("write");
+        }
+        let other = tmp.path().join("other");
+        fs::create_dir_all(other.join("many")).expect("mkdir");
+        for i in 0..300 {
+            fs::write(other.join(format!("many/zz-from-another-graft-{i}")), b"z").expect("w");
+        }
+
+        let describe = |sort_memory| {
+            let mut tree = IsoTree::new();
+            tree.set_sort_memory(sort_memory);
+            tree.add_file_bytes("meta-data", b"instance-id: x\n".to_vec(), 0o644).expect("add");
+            tree.add_dir_from_disk("", &src).expect("graft");
+            tree.add_dir_from_disk("", &other).expect("second graft");
+            tree.add_file_bytes("many/added-by-hand.txt", b"hand".to_vec(), 0o600).expect("add");
+            tree
+        };
+        let in_memory = describe(usize::MAX);
+        let spilled = describe(SPILL_ALWAYS);
+        for (rock_ridge, joliet) in [(true, true), (true, false)] {
+            let mut opts = IsoOptions::new("same");
+            opts.timestamp = Some(1_700_000_000);
+            (opts.rock_ridge, opts.joliet) = (rock_ridge, joliet);
+            let mut want = Vec::new();
+            write_iso(&in_memory, &opts, &mut want).expect("write");
+            let mut got = Vec::new();
+            write_iso(&spilled, &opts, &mut got).expect("write");
+            assert!(got == want, "images differ (joliet: {joliet})");
+        }
+    }
+
+    #[test]
+    fn a_joliet_collision_found_in_spilled_runs_names_the_first_pair_in_name_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("big")).expect("mkdir");
+        for i in 0..1000 {
+            fs::write(src.join(format!("big/file-{i:04}")), b"").expect("write");
+        }
+        // Two groups of equal Joliet names; the repeat that comes first by name decides.
+        for name in ["b*x", "c:y", "c?y", "b?x", "b;x"] {
+            fs::write(src.join("big").join(name), b"").expect("write");
+        }
+        for sort_memory in [usize::MAX, SPILL_ALWAYS] {
+            let mut tree = IsoTree::new();
+            tree.set_sort_memory(sort_memory);
+            tree.add_dir_from_disk("", &src).expect("tree");
+            let err = write_iso(&tree, &IsoOptions::new("x"), io::sink()).expect_err("collision");
+            assert!(
+                matches!(&err, WriteError::MapJolietName { first, second }
+                    if first == "big/b*x" && second == "big/b;x"),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn errors_found_while_writing_name_entries_described_from_disk() {
         let tmp = tempfile::tempdir().expect("tempdir");
