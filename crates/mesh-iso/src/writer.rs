@@ -21,6 +21,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -258,10 +259,17 @@ pub enum WriteError {
 /// assert_eq!(&image[32769..32774], b"CD001");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn write_iso<W: Write>(
+pub fn write_iso<W: Write>(tree: &IsoTree, opts: &IsoOptions, out: W) -> Result<u64, WriteError> {
+    write_iso_with(tree, opts, out, &mut |_| {})
+}
+
+/// [`write_iso`], calling `progress` with the bytes written so far after each file's
+/// contents.
+fn write_iso_with<W: Write>(
     tree: &IsoTree,
     opts: &IsoOptions,
     mut out: W,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<u64, WriteError> {
     check_label(&opts.volume_id)?;
     let mut plan = Plan::new(tree, opts)?;
@@ -272,7 +280,7 @@ pub fn write_iso<W: Write>(
         sectors = plan.total_sectors,
         "writing ISO image"
     );
-    plan.emit(&mut out)
+    plan.emit(&mut out, progress)
 }
 
 /// Writes the image of `tree` to the file `out`, atomically: the image goes to a temporary
@@ -300,7 +308,28 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
     // Removes the temporary file on every way out, panics included, until disarmed.
     let mut guard = TempGuard { path: Some(tmp.as_path()) };
 
-    write_iso(tree, opts, &mut file)?;
+    // The image must be on disk before the rename; asking for the write-back of what is
+    // written as it grows lets the disk work while the rest is copied, instead of all of
+    // it waiting for the final sync.
+    let fd = file.as_raw_fd();
+    let mut started = 0u64;
+    let mut write_back = |written: u64| {
+        if written - started >= WRITE_BACK_STEP {
+            // SAFETY: `fd` is the temporary file, open for the whole write; the call only
+            // starts write-back of a range of it. Its result is ignored: it is a hint, and
+            // `sync_all` below reports any write error.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    started as libc::off64_t,
+                    (written - started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            started = written;
+        }
+    };
+    write_iso_with(tree, opts, &mut file, &mut write_back)?;
     file.sync_all().map_err(|source| WriteError::SyncTemp { path: tmp.clone(), source })?;
     drop(file);
     fs::rename(&tmp, out).map_err(|source| WriteError::RenameTemp {
@@ -316,6 +345,9 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
     }
     Ok(())
 }
+
+/// Bytes of image after which [`write_iso_file`] starts their write-back.
+const WRITE_BACK_STEP: u64 = 8 << 20;
 
 /// Deletes a temporary file when dropped, unless `path` was cleared.
 struct TempGuard<'p> {
@@ -1088,7 +1120,11 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
-    fn emit<W: Write>(&self, out: &mut W) -> Result<u64, WriteError> {
+    fn emit<W: Write>(
+        &self,
+        out: &mut W,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, WriteError> {
         let mut sink = Sink { out, written: 0 };
         sink.zeros(16 * SECTOR as u64)?;
 
@@ -1150,6 +1186,7 @@ impl<'a> Plan<'a> {
             {
                 if let PKind::File { size, source, .. } = entry.kind {
                     sink.file(self.tree, node, &entry.name, size, source, &mut disk_dir)?;
+                    progress(sink.written);
                 }
             }
         }
