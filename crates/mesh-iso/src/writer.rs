@@ -7,13 +7,18 @@
 //! again, with the final positions, to write them. The image is then written strictly in
 //! order, which is why a plain [`Write`] is enough: no seeking back.
 //!
-//! Nothing is kept per entry. The plan holds one record per directory (its place in both
-//! hierarchies, its 8.3 name, where its extent and its files' contents start); every pass
-//! that needs a directory's entries (naming, measuring, writing the directory, writing the
-//! files) lists it again from the tree and its catalog runs and forgets it afterwards.
-//! Files are laid out directory by directory in identifier order, so a file's block follows
-//! from its directory's first block and the sizes of the files before it. Extents go out a
-//! sector at a time, and continuation areas move to a temporary file once past 1 MiB.
+//! Nothing is kept in memory per entry. The plan holds one record per directory (its place
+//! in both hierarchies, its 8.3 name, where its extent and its files' contents start).
+//! Each directory is listed twice while the primary hierarchy is built: once to find its
+//! subdirectories and natural 8.3 names, once to give every entry its final name. Its
+//! entries are then sorted by identifier, each file placed (files are laid out directory
+//! by directory in identifier order, so a file's block follows from its directory's first
+//! block and the sizes of the files before it), sorted again by Joliet identifier, and
+//! both orders are kept in a log ([`crate::spill::Log`]) that every later pass (measuring,
+//! writing the directories, writing the files) streams. Every sort holds a bounded amount
+//! in memory and continues on a temporary file beyond it ([`crate::spill::Sorter`]), so a
+//! directory of any size is written in bounded memory. Extents go out a sector at a time,
+//! and continuation areas move to a temporary file once past 1 MiB.
 //!
 //! Image order: system area (16 zero sectors), primary and Joliet volume descriptors,
 //! terminator, path tables, primary directories, Rock Ridge continuation areas, Joliet
