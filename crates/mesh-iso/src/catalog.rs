@@ -4,15 +4,16 @@
 //! A tree described from disk can hold millions of entries, while an image can hold at
 //! most 65535 directories. So directories stay in memory as tree nodes, and every other
 //! disk entry becomes a record here: name, attributes, size or link target. The records of
-//! one disk directory form a *run*, read back whole whenever the writer visits that
-//! directory, so memory grows with the largest directory, not with the tree.
+//! one disk directory, sorted by name, form a *run*, cut into chunks of about 64 KiB that
+//! are read back one at a time whenever the writer lists that directory, so memory grows
+//! neither with the tree nor with its largest directory.
 //!
 //! The file is created with [`tempfile::tempfile`] in [`std::env::temp_dir`]: it has no
 //! name, so nothing is left behind whatever happens to the process.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,19 +24,25 @@ use crate::tree::Attrs;
 const KIND_FILE: u8 = 1;
 const KIND_SYMLINK: u8 = 2;
 
-/// The temporary file of records, shared by clones of a tree: runs are only ever appended,
-/// each at a range reserved atomically, so what one clone wrote never changes.
+/// Bytes of records after which a run is cut into a new chunk.
+pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// The temporary file of records, shared by clones of a tree: chunks are only ever
+/// appended, each at a range reserved atomically, so what one clone wrote never changes.
 #[derive(Debug)]
 pub(crate) struct Catalog {
     file: File,
     end: AtomicU64,
 }
 
-/// Where one disk directory's records are in the catalog.
+/// Where one chunk of a disk directory's records is in the catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Run {
     offset: u64,
-    len: u64,
+    len: u32,
+    /// The chunk continues the run of the chunk before it in its directory's list; the
+    /// first chunk of a run does not.
+    pub continues: bool,
 }
 
 impl Catalog {
@@ -43,25 +50,38 @@ impl Catalog {
         Ok(Catalog { file: tempfile::tempfile()?, end: AtomicU64::new(0) })
     }
 
-    /// Appends the finished run `run`.
-    pub(crate) fn append(&self, run: &RunWriter) -> io::Result<Run> {
-        let len = run.buf.len() as u64;
-        let offset = self.end.fetch_add(len, Ordering::Relaxed);
+    /// Appends the finished chunk `run`; `continues` says whether it continues the run of
+    /// the chunk stored before it for the same directory.
+    pub(crate) fn append(&self, run: &RunWriter, continues: bool) -> io::Result<Run> {
+        let len = u32::try_from(run.buf.len()).map_err(io::Error::other)?;
+        let offset = self.end.fetch_add(u64::from(len), Ordering::Relaxed);
         self.file.write_all_at(&run.buf, offset)?;
-        Ok(Run { offset, len })
+        Ok(Run { offset, len, continues })
     }
 
-    /// Reads run `run` back.
+    /// Reads chunk `run` back.
     pub(crate) fn read(&self, run: Run) -> io::Result<RunReader> {
-        let len = usize::try_from(run.len).map_err(io::Error::other)?;
-        let mut buf = vec![0; len];
+        let mut buf = vec![0; run.len as usize];
         self.file.read_exact_at(&mut buf, run.offset)?;
         RunReader::new(buf)
     }
+
+    /// The disk directory of the entries of chunk `run`, read from its header alone.
+    pub(crate) fn disk_dir(&self, run: Run) -> io::Result<PathBuf> {
+        let mut len = [0u8; 2];
+        self.file.read_exact_at(&mut len, run.offset)?;
+        let len = u16::from_le_bytes(len);
+        if u32::from(len) + 2 > run.len {
+            return Err(damaged());
+        }
+        let mut path = vec![0; usize::from(len)];
+        self.file.read_exact_at(&mut path, run.offset + 2)?;
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(path)))
+    }
 }
 
-/// Encodes the records of one disk directory: a header with the directory's path, then one
-/// record per entry, all numbers little-endian.
+/// Encodes one chunk of the records of a disk directory: a header with the directory's
+/// path, then one record per entry, all numbers little-endian.
 #[derive(Debug)]
 pub(crate) struct RunWriter {
     buf: Vec<u8>,
@@ -77,6 +97,11 @@ impl RunWriter {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.records == 0
+    }
+
+    /// Bytes encoded so far, header included.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
     }
 
     pub(crate) fn file(&mut self, name: &str, size: u64, attrs: &Attrs) {
@@ -125,34 +150,24 @@ pub(crate) struct Record<'r> {
     pub attrs: Attrs,
 }
 
-/// A run read back and checked: the disk directory it came from and its records.
+/// A chunk read back and checked: its records (the header is skipped).
 #[derive(Debug)]
 pub(crate) struct RunReader {
     buf: Vec<u8>,
-    disk_dir: PathBuf,
     /// Where each record starts in `buf`.
     records: Vec<u32>,
 }
 
 impl RunReader {
     fn new(buf: Vec<u8>) -> io::Result<Self> {
-        if u32::try_from(buf.len()).is_err() {
-            // Some 60 million entries in one directory.
-            return Err(io::Error::other("a directory's records exceed 4 GiB"));
-        }
         let mut at = 0;
-        let disk_dir = PathBuf::from(std::ffi::OsStr::from_bytes(take_bytes(&buf, &mut at)?));
+        take_bytes(&buf, &mut at)?;
         let mut records = Vec::new();
         while at < buf.len() {
             records.push(at as u32);
             decode(&buf, &mut at)?;
         }
-        Ok(RunReader { buf, disk_dir, records })
-    }
-
-    /// The disk directory holding the run's entries.
-    pub(crate) fn disk_dir(&self) -> &Path {
-        &self.disk_dir
+        Ok(RunReader { buf, records })
     }
 
     /// The number of records.
@@ -163,15 +178,7 @@ impl RunReader {
     /// Record `i`, in the order they were written (by name).
     pub(crate) fn record(&self, i: usize) -> Record<'_> {
         let mut at = self.records[i] as usize;
-        decode(&self.buf, &mut at).expect("records are checked when the run is read")
-    }
-
-    /// The name of record `i`.
-    pub(crate) fn name(&self, i: usize) -> &str {
-        let mut at = self.records[i] as usize + 1;
-        take_bytes(&self.buf, &mut at)
-            .and_then(utf8)
-            .expect("records are checked when the run is read")
+        decode(&self.buf, &mut at).expect("records are checked when the chunk is read")
     }
 }
 
@@ -232,16 +239,17 @@ mod tests {
         assert!(second.is_empty());
         second.file("données", 0, &attrs(9));
 
-        let one = catalog.append(&first).expect("append");
-        let two = catalog.append(&second).expect("append");
+        let one = catalog.append(&first, false).expect("append");
+        let two = catalog.append(&second, true).expect("append");
+        assert!(two.continues && !one.continues);
 
         let back = catalog.read(two).expect("read");
-        assert_eq!(back.disk_dir(), Path::new("/other"));
+        assert_eq!(catalog.disk_dir(two).expect("header"), Path::new("/other"));
+        assert_eq!(catalog.disk_dir(one).expect("header"), Path::new("/src/dir"));
         assert_eq!(back.len(), 1);
-        assert_eq!(back.name(0), "données");
+        assert_eq!(back.record(0).name, "données");
 
         let back = catalog.read(one).expect("read");
-        assert_eq!((back.name(0), back.name(1)), ("a.txt", "link"));
         let records: Vec<Record<'_>> = (0..back.len()).map(|i| back.record(i)).collect();
         assert_eq!(
             records,

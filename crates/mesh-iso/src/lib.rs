@@ -10,11 +10,13 @@
 //! - Describes content as an [`IsoTree`], built from a directory on disk
 //!   ([`IsoTree::from_dir`]) and/or entry by entry; file contents stay on disk until they
 //!   are streamed into the image, one file at a time.
-//! - Memory that does not grow with the number of files: the files and symbolic links of
-//!   directories described from disk are recorded in an unnamed temporary file (in
-//!   `TMPDIR`), and the writer keeps per-directory state only, listing each directory
-//!   again whenever it needs its entries. What counts is the number of directories (at
-//!   most 65535 in an image) and the size of the largest one.
+//! - Memory that grows neither with the number of files nor with the size of the largest
+//!   directory: the files and symbolic links of directories described from disk are
+//!   recorded in an unnamed temporary file (in `TMPDIR`); a directory's entries are sorted
+//!   (by name, by 8.3 name, by Joliet name) in memory up to a limit
+//!   ([`IsoTree::set_sort_memory`]) and beyond it in sorted runs on temporary files merged
+//!   back; each directory is prepared once and streamed from there by every later pass.
+//!   What remains in memory is some 560 bytes per directory (at most 65535 in an image).
 //! - Primary volume: ISO 9660 level 1 names (d-characters, 8.3), unique per directory with
 //!   deterministic `_N` suffixes, so a reader that ignores every extension still sees each
 //!   entry exactly once.
@@ -74,6 +76,7 @@ mod bench;
 mod catalog;
 mod names;
 mod raw;
+mod spill;
 mod susp;
 mod tree;
 mod writer;

@@ -1,7 +1,9 @@
 //! Mapping of POSIX names to the identifiers of the primary volume (ISO 9660 level 1:
 //! d-characters, 8.3) and of the Joliet volume (UCS-2, at most 64 characters).
 
-use std::collections::{HashMap, HashSet};
+use std::io;
+
+use crate::spill::{self, Decoder, Encoder, Sorted, Sorter, Spill};
 
 /// Longest Joliet identifier, in UCS-2 characters.
 pub(crate) const JOLIET_MAX_CHARS: usize = 64;
@@ -31,6 +33,17 @@ impl<const N: usize> Short<N> {
 
     pub(crate) fn len(&self) -> usize {
         usize::from(self.len)
+    }
+
+    /// Reads back what `encode` wrote, checking that it is d-characters that fit.
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        let b = d.bytes()?;
+        if b.len() > N || !b.iter().all(|&c| matches!(c, b'A'..=b'Z' | b'0'..=b'9' | b'_')) {
+            return Err(spill::damaged());
+        }
+        let mut buf = [0u8; N];
+        buf[..b.len()].copy_from_slice(b);
+        Ok(Short { buf, len: b.len() as u8 })
     }
 
     #[cfg(test)]
@@ -101,6 +114,29 @@ impl PrimaryName {
         })
     }
 
+    /// What is kept of the name part in front of a suffix of `digits` digits: the part of
+    /// the name that the candidates `STEM_N` of this name share with other names.
+    fn stem(&self, digits: u8) -> Short<8> {
+        let keep = self.base.len().min(7 - usize::from(digits));
+        Short::new(&self.base.as_str()[..keep])
+    }
+
+    /// If this name is what [`PrimaryName::with_suffix`] makes of some name, its suffix
+    /// as (number of digits, stem, number).
+    fn as_suffixed(&self) -> Option<(u8, Short<8>, u32)> {
+        let base = self.base.as_str();
+        let at = base.rfind('_')?;
+        let digits = &base[at + 1..];
+        if digits.is_empty()
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let n = digits.parse().ok()?;
+        Some((digits.len() as u8, Short::new(&base[..at]), n))
+    }
+
     /// This name with its name part cut to make room for `_n`.
     fn with_suffix(&self, n: u32) -> PrimaryName {
         let mut digits = [0u8; 10];
@@ -167,43 +203,306 @@ pub(crate) fn primary_natural(name: &str, is_dir: bool) -> PrimaryName {
     PrimaryName { base: Short::new(&base), ext: Short::new(&d_string(ext, 3)), is_dir }
 }
 
-/// Assigns unique 8.3 names to the entries of one directory.
+impl Spill for PrimaryName {
+    fn heap_size(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        e.str(self.base.as_str());
+        e.str(self.ext.as_str());
+        e.u8(u8::from(self.is_dir));
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        let base = Short::decode(d)?;
+        let ext = Short::decode(d)?;
+        let is_dir = d.u8()? != 0;
+        if base.len == 0 || (is_dir && ext.len != 0) {
+            return Err(spill::damaged());
+        }
+        Ok(PrimaryName { base, ext, is_dir })
+    }
+}
+
+/// Why a directory's entries could not all be named.
+#[derive(Debug)]
+pub(crate) enum NameError {
+    /// Sorting them in a temporary file failed.
+    Sort(io::Error),
+    /// More names collide than suffixes up to `_9999999` can tell apart.
+    Exhausted,
+}
+
+impl From<io::Error> for NameError {
+    fn from(e: io::Error) -> Self {
+        NameError::Sort(e)
+    }
+}
+
+/// Assigns unique 8.3 names to the entries of one directory, in bounded memory.
 ///
-/// `entries` are `(name, is_dir)` in a deterministic order; the result is in the same
-/// order. An entry whose natural name is unique keeps it; the others (all but the first
-/// holder of a shared name) get the natural name part cut to make room for `_N`, with the
-/// smallest `N` that collides with no other name of the directory.
-pub(crate) fn assign_primary<'n>(
+/// Entries are pushed in a deterministic order (their index) with their natural names
+/// ([`primary_natural`]). An entry whose natural name is unique keeps it; of those that
+/// share one, the first keeps it and each other gets the natural name part cut to make room
+/// for `_N`, with the smallest `N` such that the name collides with no natural name of the
+/// directory nor with a suffixed name handed out before, in index order.
+///
+/// That rule is computed without holding the directory: a suffixed name `STEM_N` can only
+/// meet names with the same extension and stem, so the entries that need a suffix are
+/// sorted by (extension, stem, index) and handed the free numbers of their group in order;
+/// the one-digit numbers of a group run out after nine, and the rest move on to the
+/// two-digit numbers of a shorter stem, and so on. Natural names that look like suffixed
+/// ones are sorted the same way, to be skipped.
+#[derive(Debug)]
+pub(crate) struct PrimaryNamer {
+    by_key: Sorter<ByKey>,
+    limit: usize,
+}
+
+/// An entry by its natural name, to find the entries that share one.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ByKey {
+    key: u64,
+    index: u32,
+    natural: PrimaryName,
+}
+
+/// An entry waiting for a suffix of a given number of digits, by the candidates it shares
+/// with others: same extension, same stem.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Waiting {
+    ext: Short<3>,
+    stem: Short<8>,
+    index: u32,
+    natural: PrimaryName,
+}
+
+/// A natural name that has the form of a suffixed name, so number `n` of the suffixes of
+/// `digits` digits after `stem` (with extension `ext`) is taken.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Taken {
+    digits: u8,
+    ext: Short<3>,
+    stem: Short<8>,
+    n: u32,
+}
+
+/// An entry that does not keep its natural name, and the name it gets.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rename {
+    index: u32,
+    name: PrimaryName,
+}
+
+impl Spill for ByKey {
+    fn heap_size(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        e.u64(self.key);
+        e.u32(self.index);
+        self.natural.encode(e);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        Ok(ByKey { key: d.u64()?, index: d.u32()?, natural: PrimaryName::decode(d)? })
+    }
+}
+
+impl Spill for Waiting {
+    fn heap_size(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        e.str(self.ext.as_str());
+        e.str(self.stem.as_str());
+        e.u32(self.index);
+        self.natural.encode(e);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        Ok(Waiting {
+            ext: Short::decode(d)?,
+            stem: Short::decode(d)?,
+            index: d.u32()?,
+            natural: PrimaryName::decode(d)?,
+        })
+    }
+}
+
+impl Spill for Taken {
+    fn heap_size(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        e.u8(self.digits);
+        e.str(self.ext.as_str());
+        e.str(self.stem.as_str());
+        e.u32(self.n);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        Ok(Taken { digits: d.u8()?, ext: Short::decode(d)?, stem: Short::decode(d)?, n: d.u32()? })
+    }
+}
+
+impl Spill for Rename {
+    fn heap_size(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        e.u32(self.index);
+        self.name.encode(e);
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        Ok(Rename { index: d.u32()?, name: PrimaryName::decode(d)? })
+    }
+}
+
+/// Most digits of a suffix: `_1234567` fills the name part, with nothing of the name kept.
+const MAX_SUFFIX_DIGITS: u8 = 7;
+
+impl PrimaryNamer {
+    /// A namer whose sorts each keep up to about `limit` bytes in memory.
+    pub(crate) fn new(limit: usize) -> Self {
+        PrimaryNamer { by_key: Sorter::new(limit), limit }
+    }
+
+    /// Adds entry `index` (indexes must be distinct) with its natural name.
+    pub(crate) fn push(&mut self, index: u32, natural: PrimaryName) -> io::Result<()> {
+        self.by_key.push(ByKey { key: natural.visible_key(), index, natural })
+    }
+
+    /// Names the entries: returns those that do not keep their natural names.
+    pub(crate) fn finish(self) -> Result<Renames, NameError> {
+        let limit = self.limit;
+        let mut by_key = self.by_key.finish()?;
+        let mut waiting = Sorter::new(limit);
+        let mut taken = Sorter::new(limit);
+        let mut renames = Sorter::new(limit);
+        let mut colliders = 0u64;
+        let mut last_key = None;
+        while let Some(entry) = by_key.next()? {
+            if last_key == Some(entry.key) {
+                let (ext, stem) = (entry.natural.ext, entry.natural.stem(1));
+                waiting.push(Waiting { ext, stem, index: entry.index, natural: entry.natural })?;
+                colliders += 1;
+                continue;
+            }
+            last_key = Some(entry.key);
+            if let Some((digits, stem, n)) = entry.natural.as_suffixed() {
+                taken.push(Taken { digits, ext: entry.natural.ext, stem, n })?;
+            }
+        }
+        drop(by_key);
+        if colliders == 0 {
+            return Ok(Renames { sorted: None });
+        }
+
+        let mut taken = taken.finish()?;
+        for digits in 1..=MAX_SUFFIX_DIGITS {
+            let mut group = None;
+            let mut next_n = 0;
+            let (first, last) =
+                (10u32.pow(u32::from(digits) - 1), 10u32.pow(u32::from(digits)) - 1);
+            let mut arrivals = std::mem::replace(&mut waiting, Sorter::new(limit)).finish()?;
+            let mut moved_on = 0u64;
+            while let Some(w) = arrivals.next()? {
+                let here = (digits, w.ext, w.stem);
+                if group != Some(here) {
+                    group = Some(here);
+                    next_n = first;
+                    while taken.peek()?.is_some_and(|t| (t.digits, t.ext, t.stem) < here) {
+                        taken.next()?;
+                    }
+                }
+                // Numbers taken by natural names are skipped.
+                while let Some((key, n)) = taken.peek()?.map(|t| ((t.digits, t.ext, t.stem), t.n)) {
+                    if key != here || n > next_n {
+                        break;
+                    }
+                    if n == next_n {
+                        next_n += 1;
+                    }
+                    taken.next()?;
+                }
+                if next_n <= last {
+                    renames.push(Rename { index: w.index, name: w.natural.with_suffix(next_n) })?;
+                    next_n += 1;
+                } else if digits == MAX_SUFFIX_DIGITS {
+                    return Err(NameError::Exhausted);
+                } else {
+                    let stem = w.natural.stem(digits + 1);
+                    waiting.push(Waiting { stem, ..w })?;
+                    moved_on += 1;
+                }
+            }
+            if moved_on == 0 {
+                break;
+            }
+        }
+        Ok(Renames { sorted: Some(renames.finish()?) })
+    }
+}
+
+/// The entries of a directory that do not keep their natural 8.3 names, by index.
+#[derive(Debug)]
+pub(crate) struct Renames {
+    sorted: Option<Sorted<Rename>>,
+}
+
+impl Renames {
+    /// The name of entry `index` if it is not its natural name. Calls must come in
+    /// ascending order of index.
+    pub(crate) fn name_of(&mut self, index: u32) -> io::Result<Option<PrimaryName>> {
+        let Some(sorted) = &mut self.sorted else {
+            return Ok(None);
+        };
+        while sorted.peek()?.is_some_and(|r| r.index < index) {
+            sorted.next()?;
+        }
+        if sorted.peek()?.is_some_and(|r| r.index == index) {
+            return Ok(sorted.next()?.map(|r| r.name));
+        }
+        Ok(None)
+    }
+}
+
+/// Assigns unique 8.3 names to `entries` (`(name, is_dir)`), in order, with sorts that
+/// keep up to `limit` bytes in memory.
+#[cfg(test)]
+pub(crate) fn assign_primary_with<'n>(
     entries: impl IntoIterator<Item = (&'n str, bool)>,
+    limit: usize,
 ) -> Vec<PrimaryName> {
     let natural: Vec<PrimaryName> =
         entries.into_iter().map(|(name, is_dir)| primary_natural(name, is_dir)).collect();
-    let mut taken: HashSet<u64> = natural.iter().map(PrimaryName::visible_key).collect();
-    let mut claimed = HashSet::with_capacity(natural.len());
-    // The last suffix handed to each natural name. Every smaller one was taken when tried,
-    // and `taken` only grows, so the search for the next holder resumes there: the same
-    // names as starting from `_1` each time, without the quadratic cost in a directory of
-    // many names that agree on their first eight characters.
-    let mut last_suffix: HashMap<u64, u32> = HashMap::new();
-
+    let mut namer = PrimaryNamer::new(limit);
+    for (i, name) in natural.iter().enumerate() {
+        namer.push(i as u32, *name).expect("sort");
+    }
+    let Ok(mut renames) = namer.finish() else {
+        panic!("names can be assigned");
+    };
     natural
         .into_iter()
-        .map(|name| {
-            let key = name.visible_key();
-            if claimed.insert(key) {
-                return name;
-            }
-            let n = last_suffix.entry(key).or_insert(0);
-            loop {
-                *n += 1;
-                let candidate = name.with_suffix(*n);
-                if taken.insert(candidate.visible_key()) {
-                    claimed.insert(candidate.visible_key());
-                    return candidate;
-                }
-            }
-        })
+        .enumerate()
+        .map(|(i, name)| renames.name_of(i as u32).expect("sort").unwrap_or(name))
         .collect()
+}
+
+/// Assigns unique 8.3 names to `entries` (`(name, is_dir)`), in order.
+#[cfg(test)]
+pub(crate) fn assign_primary<'n>(
+    entries: impl IntoIterator<Item = (&'n str, bool)>,
+) -> Vec<PrimaryName> {
+    assign_primary_with(entries, usize::MAX)
 }
 
 /// The Joliet identifier (UCS-2 big-endian bytes) of `name`, in a vector of its own.
@@ -265,61 +564,6 @@ fn joliet_units(name: &str) -> JolietUnits<'_> {
         },
         _ => whole(JOLIET_MAX_CHARS),
     }
-}
-
-/// Entries of one directory in Joliet identifier order.
-#[derive(Debug)]
-pub(crate) struct JolietOrder {
-    /// Entry indexes, by identifier.
-    pub sorted: Vec<usize>,
-    /// Two entries with the same identifier, if any: the earliest entry (in name order)
-    /// whose identifier an earlier one already has, and that earlier one.
-    pub collision: Option<(usize, usize)>,
-}
-
-/// Sorts `entries` (indexes in name order, whose names `name` gives) by Joliet identifier.
-/// Big-endian UCS-2 bytes compare like their units, so the units are compared as they are
-/// mapped, and nothing is kept per entry but its name and index.
-pub(crate) fn joliet_order<'n>(
-    entries: impl Iterator<Item = usize>,
-    name: impl Fn(usize) -> &'n str,
-) -> JolietOrder {
-    let mut named: Vec<(&str, usize, bool)> =
-        entries.map(|i| (name(i), i, joliet_verbatim(name(i)))).collect();
-    let ident_cmp = |a: &(&str, usize, bool), b: &(&str, usize, bool)| {
-        if a.2 && b.2 {
-            // Within the Basic Multilingual Plane, UTF-8 sorts like UTF-16.
-            a.0.as_bytes().cmp(b.0.as_bytes())
-        } else {
-            joliet_units(a.0).cmp(joliet_units(b.0))
-        }
-    };
-    named.sort_unstable_by(|a, b| ident_cmp(a, b).then(a.1.cmp(&b.1)));
-
-    let mut collision: Option<(usize, usize)> = None;
-    let mut k = 0;
-    while k < named.len() {
-        let mut end = k + 1;
-        while end < named.len() && ident_cmp(&named[k], &named[end]).is_eq() {
-            end += 1;
-        }
-        // Within a group of equal identifiers indexes ascend: the second is the first
-        // repeat of the group.
-        if end - k > 1 && collision.is_none_or(|c| named[k + 1].1 < c.1) {
-            collision = Some((named[k].1, named[k + 1].1));
-        }
-        k = end;
-    }
-    JolietOrder { sorted: named.into_iter().map(|(_, i, _)| i).collect(), collision }
-}
-
-/// Whether `name` is its own Joliet identifier: short enough not to be cut, without
-/// forbidden characters, and within the Basic Multilingual Plane (no 4-byte UTF-8).
-fn joliet_verbatim(name: &str) -> bool {
-    name.len() <= JOLIET_MAX_CHARS
-        && name
-            .bytes()
-            .all(|b| !matches!(b, 0..=0x1f | b'*' | b'/' | b':' | b';' | b'?' | b'\\' | 0xf0..))
 }
 
 #[cfg(test)]
@@ -430,6 +674,50 @@ mod tests {
     }
 
     #[test]
+    fn names_sorted_in_spilled_runs_are_the_names_of_the_plain_search() {
+        // Thousands of colliders that run through the one- to four-digit suffixes of
+        // shorter and shorter stems, natural names shaped like suffixed ones at each width
+        // (which must be skipped), and names that only meet at a shorter stem.
+        let mut owned: Vec<(String, bool)> = Vec::new();
+        for i in 0..2500 {
+            owned.push((format!("same-prefix-{i}.log"), false));
+            owned.push((format!("same-pre-other-{i}.log"), i % 3 == 0));
+        }
+        for taken in
+            ["SAME_P_1.LOG", "SAME_P_7.LOG", "SAME__10.LOG", "SAME__11.LOG", "SAME_100.LOG"]
+        {
+            owned.push((taken.to_owned(), false));
+        }
+        owned.push(("SAM_1000.LOG".to_owned(), false));
+        owned.sort();
+        let entries: Vec<(&str, bool)> = owned.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        let want = assign_primary_reference(&entries);
+        assert_eq!(assign_primary(entries.iter().copied()), want);
+        for limit in [1, 64, 4096] {
+            assert_eq!(assign_primary_with(entries.iter().copied(), limit), want, "{limit}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Names crowded onto a few stems, some shaped like suffixed names (`aaaaa_12`).
+        #[test]
+        fn streaming_names_agree_with_the_plain_search(
+            names in proptest::collection::btree_set(
+                "(a{4,9}|ab|a|_)[ab0-9_]{0,4}(\\.[ab]{0,1})?", 0..600),
+            dirs in proptest::collection::vec(proptest::bool::ANY, 600),
+            limit in proptest::sample::select(vec![1usize, 100, 1000, usize::MAX]),
+        ) {
+            let entries: Vec<(&str, bool)> =
+                names.iter().zip(&dirs).map(|(n, d)| (n.as_str(), *d)).collect();
+            proptest::prop_assert_eq!(
+                assign_primary_with(entries.iter().copied(), limit),
+                assign_primary_reference(&entries)
+            );
+        }
+    }
+
+    #[test]
     fn many_collisions_stay_unique_and_valid() {
         let owned: Vec<String> = (0..1500).map(|i| format!("same-prefix-{i}.log")).collect();
         let entries: Vec<(&str, bool)> = owned.iter().map(|s| (s.as_str(), false)).collect();
@@ -453,16 +741,6 @@ mod tests {
         assert_eq!(joliet("smile😀"), "smile_");
         let exact = "x".repeat(64);
         assert_eq!(joliet(&exact), exact);
-    }
-
-    #[test]
-    fn joliet_order_sorts_and_reports_the_first_collision_in_name_order() {
-        let names = ["b?x", "a", "b:x", "c", "a*y", "a:y", "b*x"];
-        let order = joliet_order(0..names.len(), |i| names[i]);
-        assert_eq!(order.sorted, [1, 4, 5, 0, 2, 6, 3]);
-        // Walking in name order, "b:x" (2) is the first to repeat an identifier, of "b?x".
-        assert_eq!(order.collision, Some((0, 2)));
-        assert_eq!(joliet_order([1, 3].into_iter(), |i| names[i]).collision, None);
     }
 
     /// The identifier built whole, as a vector of units, the way it is specified.
@@ -501,10 +779,6 @@ mod tests {
             proptest::prop_assert_eq!(joliet_name(&name), joliet_reference(&name));
             let order = joliet_reference(&name).cmp(&joliet_reference(&other));
             proptest::prop_assert_eq!(joliet_units(&name).cmp(joliet_units(&other)), order);
-            let names = [name.as_str(), other.as_str()];
-            let sorted = joliet_order(0..2, |i| names[i]).sorted;
-            let first = if order.is_gt() { 1 } else { 0 };
-            proptest::prop_assert_eq!(sorted[0], first);
         }
     }
 

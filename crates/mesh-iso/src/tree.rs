@@ -3,14 +3,15 @@
 //! attributes. Directories and entries added one by one are nodes in memory; the files and
 //! links of directories described from disk are records in the [catalog](crate::catalog).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::catalog::{Catalog, RecordKind, Run, RunReader, RunWriter};
+use crate::catalog::{Catalog, Record, RecordKind, Run, RunReader, RunWriter, CHUNK};
+use crate::spill::Sorter;
 
 /// Longest name component Rock Ridge readers (and Linux) accept, in bytes.
 const MAX_NAME_BYTES: usize = 255;
@@ -106,6 +107,15 @@ pub enum TreeError {
     /// Recording entries found on disk in the temporary file failed.
     #[error("cannot record entries in the temporary file")]
     WriteCatalog {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sorting the names of a disk directory (in a temporary file, for a large one) failed.
+    #[error("cannot sort the names of directory {path}")]
+    SortNames {
+        /// The disk directory.
+        path: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -212,105 +222,185 @@ impl Node {
 }
 
 /// One child of a directory as the writer sees it, whether a node or a catalog record.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Entry<'l> {
-    pub name: &'l str,
-    pub kind: EntryKind<'l>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub name: String,
+    pub kind: EntryKind,
     pub attrs: Attrs,
 }
 
 /// What a child is.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum EntryKind<'l> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EntryKind {
     Dir(NodeId),
     File { size: u64, source: FileSource },
-    Symlink { target: &'l str },
+    Symlink { target: String },
 }
 
 /// Where a file's bytes come from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileSource {
     /// A file node (bytes in memory, or a disk path of its own).
     Node(NodeId),
-    /// A file of the disk directory of run `i` of the listing.
-    Disk(usize),
+    /// A file of the disk directory of the run that starts at chunk `i` of its
+    /// directory's list ([`IsoTree::disk_dir_of_run`]).
+    Disk(u32),
 }
 
-/// Where a child of a listing is described.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    /// `Listing::nodes[i]`.
-    Node(u32),
-    /// Record `record` of `Listing::runs[run]`.
-    Record { run: u32, record: u32 },
+impl Entry {
+    fn of_node(tree: &IsoTree, name: &str, id: NodeId) -> Self {
+        let node = &tree.nodes[id];
+        let kind = match &node.kind {
+            NodeKind::Dir { .. } => EntryKind::Dir(id),
+            NodeKind::File { size, .. } => {
+                EntryKind::File { size: *size, source: FileSource::Node(id) }
+            }
+            NodeKind::Symlink { target } => EntryKind::Symlink { target: target.clone() },
+        };
+        Entry { name: name.to_owned(), kind, attrs: node.attrs }
+    }
+
+    fn of_record(record: Record<'_>, first_chunk: u32) -> Self {
+        let kind = match record.kind {
+            RecordKind::File { size } => {
+                EntryKind::File { size, source: FileSource::Disk(first_chunk) }
+            }
+            RecordKind::Symlink { target } => EntryKind::Symlink { target: target.to_owned() },
+        };
+        Entry { name: record.name.to_owned(), kind, attrs: record.attrs }
+    }
 }
 
-/// The children of one directory, by name, as compact references: a child's name and
-/// attributes are read from its node or its catalog record only when asked for, so a
-/// directory of a million entries costs little more than its records' bytes.
+/// The records of one run (one graft of a disk directory), a chunk at a time.
+#[derive(Debug)]
+struct RunCursor {
+    catalog: Arc<Catalog>,
+    chunks: Vec<Run>,
+    /// Index of the run's first chunk in its directory's list.
+    first: u32,
+    next_chunk: usize,
+    current: Option<RunReader>,
+    next_record: usize,
+}
+
+impl RunCursor {
+    fn next(&mut self) -> io::Result<Option<Entry>> {
+        loop {
+            if let Some(reader) = &self.current {
+                if self.next_record < reader.len() {
+                    let record = reader.record(self.next_record);
+                    self.next_record += 1;
+                    return Ok(Some(Entry::of_record(record, self.first)));
+                }
+            }
+            let Some(&chunk) = self.chunks.get(self.next_chunk) else {
+                self.current = None;
+                return Ok(None);
+            };
+            self.next_chunk += 1;
+            self.current = Some(self.catalog.read(chunk)?);
+            self.next_record = 0;
+        }
+    }
+}
+
+/// The catalog entries of one directory in name order: a merge of its runs, each sorted
+/// by name, holding one chunk of each. It owns what it reads, so it can be kept while the
+/// tree changes.
+#[derive(Debug)]
+struct RunMerge {
+    /// Each run with its next entry.
+    runs: Vec<(RunCursor, Option<Entry>)>,
+}
+
+impl RunMerge {
+    fn new(catalog: Option<&Arc<Catalog>>, chunks: &[Run]) -> io::Result<Self> {
+        let mut runs = Vec::new();
+        let Some(catalog) = catalog else {
+            return Ok(RunMerge { runs });
+        };
+        let mut start = 0;
+        while start < chunks.len() {
+            let end = start + 1 + chunks[start + 1..].iter().take_while(|c| c.continues).count();
+            let mut cursor = RunCursor {
+                catalog: Arc::clone(catalog),
+                chunks: chunks[start..end].to_vec(),
+                first: start as u32,
+                next_chunk: 0,
+                current: None,
+                next_record: 0,
+            };
+            let head = cursor.next()?;
+            runs.push((cursor, head));
+            start = end;
+        }
+        Ok(RunMerge { runs })
+    }
+
+    /// The run holding the smallest next name, if any entry is left.
+    fn smallest(&self) -> Option<usize> {
+        let mut best: Option<(usize, &str)> = None;
+        for (i, (_, head)) in self.runs.iter().enumerate() {
+            if let Some(head) = head {
+                if best.is_none_or(|(_, name)| head.name.as_str() < name) {
+                    best = Some((i, &head.name));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn peek_name(&self) -> Option<&str> {
+        let i = self.smallest()?;
+        self.runs[i].1.as_ref().map(|e| e.name.as_str())
+    }
+
+    fn next(&mut self) -> io::Result<Option<Entry>> {
+        let Some(i) = self.smallest() else {
+            return Ok(None);
+        };
+        let (cursor, head) = &mut self.runs[i];
+        let refill = cursor.next()?;
+        Ok(std::mem::replace(head, refill))
+    }
+
+    /// Skips the entries named before `name`; says whether one is named `name`. Calls must
+    /// come in ascending order of names.
+    fn skip_to(&mut self, name: &str) -> io::Result<bool> {
+        while let Some(next) = self.peek_name() {
+            match next.cmp(name) {
+                std::cmp::Ordering::Less => drop(self.next()?),
+                std::cmp::Ordering::Equal => return Ok(true),
+                std::cmp::Ordering::Greater => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The children of one directory in name order, nodes and catalog records alike, read as
+/// they are needed: a directory of any size takes one chunk of records per run.
 #[derive(Debug)]
 pub(crate) struct Listing<'t> {
-    /// Children that are nodes, with their names.
-    nodes: Vec<(&'t str, NodeId)>,
-    runs: Vec<RunReader>,
-    slots: Vec<Slot>,
-    /// Each node's attributes, read through `tree`.
     tree: &'t IsoTree,
+    nodes: std::iter::Peekable<std::collections::btree_map::Iter<'t, String, NodeId>>,
+    runs: RunMerge,
 }
 
-impl<'t> Listing<'t> {
-    /// A listing of the given nodes of `tree`, in the given order.
-    pub(crate) fn of_nodes(tree: &'t IsoTree, nodes: Vec<(&'t str, NodeId)>) -> Self {
-        let slots = (0..nodes.len() as u32).map(Slot::Node).collect();
-        Listing { nodes, runs: Vec::new(), slots, tree }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub(crate) fn name(&self, i: usize) -> &str {
-        match self.slots[i] {
-            Slot::Node(n) => self.nodes[n as usize].0,
-            Slot::Record { run, record } => self.runs[run as usize].name(record as usize),
+impl Listing<'_> {
+    /// The next child, or `None` after the last.
+    pub(crate) fn next(&mut self) -> io::Result<Option<Entry>> {
+        // Names are unique across nodes and runs.
+        let node_first = match (self.nodes.peek(), self.runs.peek_name()) {
+            (Some((node, _)), Some(record)) => node.as_str() < record,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if node_first {
+            let (name, &id) = self.nodes.next().expect("peeked");
+            return Ok(Some(Entry::of_node(self.tree, name, id)));
         }
-    }
-
-    pub(crate) fn entry(&self, i: usize) -> Entry<'_> {
-        match self.slots[i] {
-            Slot::Node(n) => {
-                let (name, id) = self.nodes[n as usize];
-                let node = &self.tree.nodes[id];
-                let kind = match &node.kind {
-                    NodeKind::Dir { .. } => EntryKind::Dir(id),
-                    NodeKind::File { size, .. } => {
-                        EntryKind::File { size: *size, source: FileSource::Node(id) }
-                    }
-                    NodeKind::Symlink { target } => EntryKind::Symlink { target },
-                };
-                Entry { name, kind, attrs: node.attrs }
-            }
-            Slot::Record { run, record } => {
-                let record = self.runs[run as usize].record(record as usize);
-                let kind = match record.kind {
-                    RecordKind::File { size } => {
-                        EntryKind::File { size, source: FileSource::Disk(run as usize) }
-                    }
-                    RecordKind::Symlink { target } => EntryKind::Symlink { target },
-                };
-                Entry { name: record.name, kind, attrs: record.attrs }
-            }
-        }
-    }
-
-    /// The tree the listing's nodes belong to.
-    pub(crate) fn tree(&self) -> &'t IsoTree {
-        self.tree
-    }
-
-    /// The disk directory of the files of run `run`.
-    pub(crate) fn disk_dir(&self, run: usize) -> &Path {
-        self.runs[run].disk_dir()
+        self.runs.next()
     }
 }
 
@@ -320,9 +410,11 @@ impl<'t> Listing<'t> {
 /// only when the image is written. Directories, and entries added one by one, are held in
 /// memory; the files and symbolic links of directories described from disk
 /// ([`IsoTree::from_dir`], [`IsoTree::add_dir_from_disk`]) are recorded in an unnamed
-/// temporary file in [`std::env::temp_dir`] instead, so describing and writing a large tree
-/// takes memory in proportion to its number of directories (at most 65535 in an image) and
-/// to its largest directory, not to its number of files.
+/// temporary file in [`std::env::temp_dir`] instead, and directories of more entries than
+/// the sort memory holds ([`IsoTree::set_sort_memory`]) are sorted on temporary files, so
+/// describing and writing a large tree takes memory in proportion to its number of
+/// directories (at most 65535 in an image), whatever its number of files and the size of
+/// its largest directory.
 ///
 /// What is recorded is what the disk held when the tree was described: later changes to
 /// those directories are not picked up, and a file whose size changed is an error when the
@@ -339,14 +431,12 @@ impl<'t> Listing<'t> {
 /// tree.add_dir("empty", 0o700)?;
 /// # Ok::<(), mesh_iso::TreeError>(())
 /// ```
-// FIXME: memory is bounded by the directories, not by the largest one. Writing holds one
-// directory's records and names at a time, about 190 bytes per entry (200,000 files in a
-// single directory peak at 42 MiB RSS, so 64 MiB is crossed near 300,000 entries in one
-// directory), and describing holds the names of the directories from the root down to the
-// one being read. Each directory costs about 500 bytes (37 MiB for 63,000 directories;
-// an image holds at most 65535), more with long names. Sorting a huge directory in spilled
-// chunks would bound it too; matters only for directories of hundreds of thousands of
-// entries, which no tree we make has.
+// FIXME: two things still grow. Each directory costs about 560 bytes while an image is
+// written (35 MiB peak RSS for 63,000 directories; an image holds at most 65535), more with
+// long names. And describing keeps, for every directory from the root down to the one
+// being read, its sorted names not yet visited: up to the sort memory each (4 MiB) when
+// they did not spill, so only a deep chain of directories that are each nearly that large
+// adds up. Measured: 1,000,000 entries in one directory peak at 24 MiB RSS.
 #[derive(Debug, Clone)]
 pub struct IsoTree {
     pub(crate) nodes: Vec<Node>,
@@ -356,7 +446,12 @@ pub struct IsoTree {
     dirs: usize,
     /// Created on the first directory described from disk.
     catalog: Option<Arc<Catalog>>,
+    /// Bytes a sort of one directory's entries may hold in memory.
+    sort_memory: usize,
 }
+
+/// Default of [`IsoTree::set_sort_memory`].
+const DEFAULT_SORT_MEMORY: usize = 4 << 20;
 
 impl Default for IsoTree {
     fn default() -> Self {
@@ -372,7 +467,36 @@ impl IsoTree {
     pub fn new() -> Self {
         let mut root = Node::dir(0o755);
         root.attrs.serial = 1;
-        IsoTree { nodes: vec![root], described: 1, dirs: 1, catalog: None }
+        IsoTree {
+            nodes: vec![root],
+            described: 1,
+            dirs: 1,
+            catalog: None,
+            sort_memory: DEFAULT_SORT_MEMORY,
+        }
+    }
+
+    /// Sets how many bytes sorting the entries of one directory may hold in memory, when
+    /// directories are described from disk and when the image is written (4 MiB by
+    /// default). A directory whose entries need more is sorted in pieces in an unnamed
+    /// temporary file (in `TMPDIR`) and merged back, with the same result: only memory
+    /// and temporary-file traffic change.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let mut tree = mesh_iso::IsoTree::new();
+    /// tree.set_sort_memory(1 << 20);
+    /// tree.add_file_bytes("a", b"a".to_vec(), 0o644)?;
+    /// # Ok::<(), mesh_iso::TreeError>(())
+    /// ```
+    pub fn set_sort_memory(&mut self, bytes: usize) {
+        self.sort_memory = bytes;
+    }
+
+    /// Bytes a sort of one directory's entries may hold in memory.
+    pub(crate) fn sort_memory(&self) -> usize {
+        self.sort_memory
     }
 
     /// Describes the content of `dir`: every file, directory and symbolic link below it
@@ -532,25 +656,29 @@ impl IsoTree {
     /// nodes, everything else as one catalog run.
     fn graft(&mut self, dir: NodeId, iso_dir: &str, disk_dir: &Path) -> Result<(), TreeError> {
         let read = |source| TreeError::ReadDir { path: disk_dir.to_owned(), source };
-        let mut names = Vec::new();
+        let sort = |source| TreeError::SortNames { path: disk_dir.to_owned(), source };
+        let mut names = Sorter::new(self.sort_memory);
         for entry in fs::read_dir(disk_dir).map_err(read)? {
             let entry = entry.map_err(read)?;
             let name = entry
                 .file_name()
                 .into_string()
                 .map_err(|_| TreeError::NonUtf8Name { path: entry.path() })?;
-            names.push(name);
+            names.push(name).map_err(sort)?;
         }
         // Sorted so errors and serial numbers do not depend on the directory's order.
-        names.sort_unstable();
+        let mut names = names.finish().map_err(sort)?;
         // Files and links an earlier graft put here, which the new entries must not hit.
-        let earlier = self.catalog_names(dir)?;
+        let mut earlier =
+            self.run_merge(dir).map_err(|source| TreeError::ReadCatalog { source })?;
 
         let mut run = RunWriter::new(disk_dir);
-        for name in names {
+        let mut continues = false;
+        while let Some(name) = names.next().map_err(sort)? {
             let path = disk_dir.join(&name);
             let iso_path = || join(iso_dir, &name);
-            let taken = earlier.contains(name.as_str());
+            let taken =
+                earlier.skip_to(&name).map_err(|source| TreeError::ReadCatalog { source })?;
             let meta = fs::symlink_metadata(&path)
                 .map_err(|source| TreeError::Stat { path: path.clone(), source })?;
             let ft = meta.file_type();
@@ -584,12 +712,25 @@ impl IsoTree {
                 let kind = special_kind(&meta).unwrap_or("special file");
                 return Err(TreeError::SpecialFile { path, kind });
             }
+            // A run goes to the catalog a chunk at a time, so a huge directory is never
+            // held whole.
+            if run.len() >= CHUNK {
+                self.store_run(dir, &run, continues)?;
+                run = RunWriter::new(disk_dir);
+                continues = true;
+            }
         }
-        self.store_run(dir, &run)
+        self.store_run(dir, &run, continues)
     }
 
-    /// Appends `run` to the catalog (created on first use) as part of directory `dir`.
-    fn store_run(&mut self, dir: NodeId, run: &RunWriter) -> Result<(), TreeError> {
+    /// Appends the chunk `run` to the catalog (created on first use) as part of directory
+    /// `dir`; `continues` says whether it continues the run of the chunk stored before it.
+    fn store_run(
+        &mut self,
+        dir: NodeId,
+        run: &RunWriter,
+        continues: bool,
+    ) -> Result<(), TreeError> {
         if run.is_empty() {
             return Ok(());
         }
@@ -603,37 +744,43 @@ impl IsoTree {
                 self.catalog.insert(Arc::new(c))
             }
         };
-        let stored = catalog.append(run).map_err(|source| TreeError::WriteCatalog { source })?;
+        let stored =
+            catalog.append(run, continues).map_err(|source| TreeError::WriteCatalog { source })?;
         let NodeKind::Dir { runs, .. } = &mut self.nodes[dir].kind else {
             unreachable!("runs are only stored in directories");
         };
-        // Nearly every directory gets exactly one run: no room for more.
-        runs.reserve_exact(1);
+        // Nearly every directory gets exactly one chunk: no room for more.
+        if !continues {
+            runs.reserve_exact(1);
+        }
         runs.push(stored);
         Ok(())
     }
 
-    /// The runs of directory `dir`, read back.
-    fn runs(&self, dir: NodeId) -> io::Result<Vec<RunReader>> {
-        let (NodeKind::Dir { runs, .. }, Some(catalog)) = (&self.nodes[dir].kind, &self.catalog)
-        else {
-            return Ok(Vec::new());
-        };
-        runs.iter().map(|&run| catalog.read(run)).collect()
+    /// The catalog entries of directory `dir` as they are now, in name order.
+    fn run_merge(&self, dir: NodeId) -> io::Result<RunMerge> {
+        match &self.nodes[dir].kind {
+            NodeKind::Dir { runs, .. } => RunMerge::new(self.catalog.as_ref(), runs),
+            _ => RunMerge::new(None, &[]),
+        }
     }
 
     /// Whether directory `dir` has a catalog entry called `name`.
     // Reads the directory's runs each time: adding entries one by one into a large
     // directory described from disk is quadratic, which no caller does.
     fn in_catalog(&self, dir: NodeId, name: &str) -> Result<bool, TreeError> {
-        let runs = self.runs(dir).map_err(|source| TreeError::ReadCatalog { source })?;
-        Ok(runs.iter().any(|run| (0..run.len()).any(|i| run.name(i) == name)))
+        let read = |source| TreeError::ReadCatalog { source };
+        self.run_merge(dir).map_err(read)?.skip_to(name).map_err(read)
     }
 
-    /// The names of the catalog entries of directory `dir`.
-    fn catalog_names(&self, dir: NodeId) -> Result<HashSet<String>, TreeError> {
-        let runs = self.runs(dir).map_err(|source| TreeError::ReadCatalog { source })?;
-        Ok(runs.iter().flat_map(|run| (0..run.len()).map(|i| run.name(i).to_owned())).collect())
+    /// The disk directory of the files of the run that starts at chunk `first` of
+    /// directory `dir` ([`FileSource::Disk`]).
+    pub(crate) fn disk_dir_of_run(&self, dir: NodeId, first: u32) -> io::Result<PathBuf> {
+        let (NodeKind::Dir { runs, .. }, Some(catalog)) = (&self.nodes[dir].kind, &self.catalog)
+        else {
+            unreachable!("disk files belong to directories with runs");
+        };
+        catalog.disk_dir(runs[first as usize])
     }
 
     fn child(&self, dir: NodeId, name: &str) -> Option<NodeId> {
@@ -655,30 +802,12 @@ impl IsoTree {
 
     /// The children of directory `dir` (nodes and catalog records alike), by name.
     pub(crate) fn listing(&self, dir: NodeId) -> io::Result<Listing<'_>> {
-        let NodeKind::Dir { children, .. } = &self.nodes[dir].kind else {
-            return Ok(Listing::of_nodes(self, Vec::new()));
+        static NO_CHILDREN: BTreeMap<String, NodeId> = BTreeMap::new();
+        let (children, runs) = match &self.nodes[dir].kind {
+            NodeKind::Dir { children, .. } => (children, self.run_merge(dir)?),
+            _ => (&NO_CHILDREN, RunMerge::new(None, &[])?),
         };
-        let nodes: Vec<(&str, NodeId)> = children.iter().map(|(k, &v)| (k.as_str(), v)).collect();
-        let mut listing = Listing::of_nodes(self, nodes);
-        listing.runs = self.runs(dir)?;
-        let records: usize = listing.runs.iter().map(RunReader::len).sum();
-        listing.slots.reserve_exact(records);
-        for (run, reader) in listing.runs.iter().enumerate() {
-            listing.slots.extend(
-                (0..reader.len() as u32).map(|record| Slot::Record { run: run as u32, record }),
-            );
-        }
-        // Names are unique across nodes and runs, and each part is sorted already.
-        if listing.runs.len() > 1 || (!listing.runs.is_empty() && !listing.nodes.is_empty()) {
-            let mut slots = std::mem::take(&mut listing.slots);
-            let name = |slot: &Slot| match *slot {
-                Slot::Node(n) => listing.nodes[n as usize].0,
-                Slot::Record { run, record } => listing.runs[run as usize].name(record as usize),
-            };
-            slots.sort_unstable_by(|a, b| name(a).cmp(name(b)));
-            listing.slots = slots;
-        }
-        Ok(listing)
+        Ok(Listing { tree: self, nodes: children.iter().peekable(), runs })
     }
 
     /// The same tree with every catalog record made a node, the way trees were held before
@@ -688,26 +817,22 @@ impl IsoTree {
         let mut out = self.clone();
         out.catalog = None;
         for dir in 0..self.nodes.len() {
-            let runs = self.runs(dir).expect("catalog readable");
-            for run in &runs {
-                for i in 0..run.len() {
-                    let record = run.record(i);
-                    let kind = match record.kind {
-                        RecordKind::File { size } => {
-                            let path = run.disk_dir().join(record.name);
-                            NodeKind::File { data: FileData::Disk(path), size }
-                        }
-                        RecordKind::Symlink { target } => {
-                            NodeKind::Symlink { target: target.to_owned() }
-                        }
-                    };
-                    let id = out.nodes.len();
-                    out.nodes.push(Node { kind, attrs: record.attrs, parent: dir });
-                    let NodeKind::Dir { children, .. } = &mut out.nodes[dir].kind else {
-                        unreachable!("runs belong to directories");
-                    };
-                    children.insert(record.name.to_owned(), id);
-                }
+            let mut records = self.run_merge(dir).expect("catalog readable");
+            while let Some(record) = records.next().expect("catalog readable") {
+                let kind = match record.kind {
+                    EntryKind::File { size, source: FileSource::Disk(first) } => {
+                        let disk = self.disk_dir_of_run(dir, first).expect("catalog readable");
+                        NodeKind::File { data: FileData::Disk(disk.join(&record.name)), size }
+                    }
+                    EntryKind::Symlink { target } => NodeKind::Symlink { target },
+                    _ => unreachable!("the catalog holds files and symbolic links"),
+                };
+                let id = out.nodes.len();
+                out.nodes.push(Node { kind, attrs: record.attrs, parent: dir });
+                let NodeKind::Dir { children, .. } = &mut out.nodes[dir].kind else {
+                    unreachable!("runs belong to directories");
+                };
+                children.insert(record.name, id);
             }
             if let NodeKind::Dir { runs, .. } = &mut out.nodes[dir].kind {
                 runs.clear();
@@ -855,6 +980,20 @@ mod tests {
         assert_eq!(tree.nodes[d].attrs.mode, 0o700);
     }
 
+    /// The children of `dir`, in listing order.
+    fn children(tree: &IsoTree, dir: NodeId) -> Vec<Entry> {
+        let mut listing = tree.listing(dir).expect("listing");
+        let mut out = Vec::new();
+        while let Some(entry) = listing.next().expect("listing") {
+            out.push(entry);
+        }
+        out
+    }
+
+    fn names(tree: &IsoTree, dir: NodeId) -> Vec<String> {
+        children(tree, dir).into_iter().map(|e| e.name).collect()
+    }
+
     fn disk_tree() -> tempfile::TempDir {
         let tmp = tempfile::tempdir().expect("tempdir");
         let root = tmp.path();
@@ -873,13 +1012,13 @@ mod tests {
         assert_eq!(tree.nodes.len(), 3);
         assert_eq!(tree.described(), 6);
         let d = tree.child(ROOT, "d").expect("d");
-        let listing = tree.listing(d).expect("listing");
-        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
+        let listing = children(&tree, d);
+        let names: Vec<&str> = listing.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["b.txt", "link", "sub"]);
-        assert!(matches!(listing.entry(1).kind, EntryKind::Symlink { target: "../a.txt" }));
-        assert!(matches!(listing.entry(2).kind, EntryKind::Dir(_)));
+        assert_eq!(listing[1].kind, EntryKind::Symlink { target: "../a.txt".to_owned() });
+        assert!(matches!(listing[2].kind, EntryKind::Dir(_)));
         // Serial numbers follow the order entries were described, depth first.
-        let serials: Vec<u32> = (0..listing.len()).map(|i| listing.entry(i).attrs.serial).collect();
+        let serials: Vec<u32> = listing.iter().map(|e| e.attrs.serial).collect();
         assert_eq!(serials, [4, 5, 6]);
     }
 
@@ -908,9 +1047,7 @@ mod tests {
         tree.add_file_bytes("d/c.txt", Vec::new(), 0o644).expect("new name");
         tree.add_file_bytes("d/sub/x", Vec::new(), 0o644).expect("into a disk directory");
         let d = tree.child(ROOT, "d").expect("d");
-        let listing = tree.listing(d).expect("listing");
-        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
-        assert_eq!(names, ["b.txt", "c.txt", "link", "sub"]);
+        assert_eq!(names(&tree, d), ["b.txt", "c.txt", "link", "sub"]);
     }
 
     #[test]
@@ -924,9 +1061,7 @@ mod tests {
         let mut tree = IsoTree::from_dir(first.path()).expect("tree");
         tree.add_dir_from_disk("", second.path()).expect("disjoint");
         let d = tree.child(ROOT, "d").expect("d");
-        let listing = tree.listing(d).expect("listing");
-        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
-        assert_eq!(names, ["b.txt", "link", "sub", "z.txt"]);
+        assert_eq!(names(&tree, d), ["b.txt", "link", "sub", "z.txt"]);
 
         // A file over a disk file, a directory over a disk file, a file over a directory.
         let clash = tempfile::tempdir().expect("tempdir");
@@ -959,9 +1094,7 @@ mod tests {
         fs::write(src.path().join("d/later.txt"), b"new").expect("write");
         fs::remove_file(src.path().join("d/link")).expect("rm");
         let d = tree.child(ROOT, "d").expect("d");
-        let listing = tree.listing(d).expect("listing");
-        let names: Vec<&str> = (0..listing.len()).map(|i| listing.name(i)).collect();
-        assert_eq!(names, ["b.txt", "link", "sub"]);
+        assert_eq!(names(&tree, d), ["b.txt", "link", "sub"]);
     }
 
     #[test]

@@ -7,13 +7,18 @@
 //! again, with the final positions, to write them. The image is then written strictly in
 //! order, which is why a plain [`Write`] is enough: no seeking back.
 //!
-//! Nothing is kept per entry. The plan holds one record per directory (its place in both
-//! hierarchies, its 8.3 name, where its extent and its files' contents start); every pass
-//! that needs a directory's entries (naming, measuring, writing the directory, writing the
-//! files) lists it again from the tree and its catalog runs and forgets it afterwards.
-//! Files are laid out directory by directory in identifier order, so a file's block follows
-//! from its directory's first block and the sizes of the files before it. Extents go out a
-//! sector at a time, and continuation areas move to a temporary file once past 1 MiB.
+//! Nothing is kept in memory per entry. The plan holds one record per directory (its place
+//! in both hierarchies, its 8.3 name, where its extent and its files' contents start).
+//! Each directory is listed twice while the primary hierarchy is built: once to find its
+//! subdirectories and natural 8.3 names, once to give every entry its final name. Its
+//! entries are then sorted by identifier, each file placed (files are laid out directory
+//! by directory in identifier order, so a file's block follows from its directory's first
+//! block and the sizes of the files before it), sorted again by Joliet identifier, and
+//! both orders are kept in a log ([`crate::spill::Log`]) that every later pass (measuring,
+//! writing the directories, writing the files) streams. Every sort holds a bounded amount
+//! in memory and continues on a temporary file beyond it ([`crate::spill::Sorter`]), so a
+//! directory of any size is written in bounded memory. Extents go out a sector at a time,
+//! and continuation areas move to a temporary file once past 1 MiB.
 //!
 //! Image order: system area (16 zero sectors), primary and Joliet volume descriptors,
 //! terminator, path tables, primary directories, Rock Ridge continuation areas, Joliet
@@ -21,16 +26,18 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::names::{assign_primary, joliet_name_into, joliet_order, PrimaryName};
+use crate::names::{joliet_name_into, primary_natural, NameError, PrimaryName, PrimaryNamer};
 use crate::raw::{
     self, DirRecord, VolumeFields, VolumeKind, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, MAX_EXTENT,
     SECTOR,
 };
+use crate::spill::{self, Decoder, Encoder, Log, LogRecords, Sorter, Span, Spill};
 use crate::susp::{self, ContinuationAreas, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::tree::{
     join, Attrs, Entry, EntryKind, FileData, FileSource, IsoTree, Listing, NodeId, NodeKind,
@@ -162,6 +169,30 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
+    /// Sorting the entries of a directory (in a temporary file, for a large one) failed.
+    #[error("cannot sort the entries of directory {path:?}")]
+    SortEntries {
+        /// Image path of the directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// More entries of one directory share an 8.3 name than the suffixes `_1` to
+    /// `_9999999` can tell apart.
+    #[error("cannot give every entry of directory {path:?} its own 8.3 name: too many collide")]
+    MapPrimaryName {
+        /// Image path of the directory.
+        path: String,
+    },
+    /// Keeping the entries of directories, prepared for writing, in a temporary file (or
+    /// reading them back) failed.
+    #[error("cannot keep prepared directory entries in a temporary file")]
+    KeepEntries {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Reading the recorded entries of directories described from disk back from their
     /// temporary file failed.
     #[error("cannot read recorded entries back from the temporary file")]
@@ -233,10 +264,17 @@ pub enum WriteError {
 /// assert_eq!(&image[32769..32774], b"CD001");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn write_iso<W: Write>(
+pub fn write_iso<W: Write>(tree: &IsoTree, opts: &IsoOptions, out: W) -> Result<u64, WriteError> {
+    write_iso_with(tree, opts, out, &mut |_| {})
+}
+
+/// [`write_iso`], calling `progress` with the bytes written so far after each file's
+/// contents.
+fn write_iso_with<W: Write>(
     tree: &IsoTree,
     opts: &IsoOptions,
     mut out: W,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<u64, WriteError> {
     check_label(&opts.volume_id)?;
     let mut plan = Plan::new(tree, opts)?;
@@ -247,7 +285,7 @@ pub fn write_iso<W: Write>(
         sectors = plan.total_sectors,
         "writing ISO image"
     );
-    plan.emit(&mut out)
+    plan.emit(&mut out, progress)
 }
 
 /// Writes the image of `tree` to the file `out`, atomically: the image goes to a temporary
@@ -275,7 +313,28 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
     // Removes the temporary file on every way out, panics included, until disarmed.
     let mut guard = TempGuard { path: Some(tmp.as_path()) };
 
-    write_iso(tree, opts, &mut file)?;
+    // The image must be on disk before the rename; asking for the write-back of what is
+    // written as it grows lets the disk work while the rest is copied, instead of all of
+    // it waiting for the final sync.
+    let fd = file.as_raw_fd();
+    let mut started = 0u64;
+    let mut write_back = |written: u64| {
+        if written - started >= WRITE_BACK_STEP {
+            // SAFETY: `fd` is the temporary file, open for the whole write; the call only
+            // starts write-back of a range of it. Its result is ignored: it is a hint, and
+            // `sync_all` below reports any write error.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    started as libc::off64_t,
+                    (written - started) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            started = written;
+        }
+    };
+    write_iso_with(tree, opts, &mut file, &mut write_back)?;
     file.sync_all().map_err(|source| WriteError::SyncTemp { path: tmp.clone(), source })?;
     drop(file);
     fs::rename(&tmp, out).map_err(|source| WriteError::RenameTemp {
@@ -291,6 +350,9 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
     }
     Ok(())
 }
+
+/// Bytes of image after which [`write_iso_file`] starts their write-back.
+const WRITE_BACK_STEP: u64 = 8 << 20;
 
 /// Deletes a temporary file when dropped, unless `path` was cleared.
 struct TempGuard<'p> {
@@ -320,8 +382,9 @@ fn check_label(label: &str) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// A directory of the primary hierarchy. Its entries are not kept: they are listed again
-/// from the tree (and the catalog) each time the directory is measured or written.
+/// A directory of the primary hierarchy. Its entries are not kept in memory: they are
+/// prepared once, in identifier order, into the plan's [`Log`], and read back from there
+/// by every later pass.
 #[derive(Debug)]
 struct PDir {
     /// `None` for `rr_moved`.
@@ -341,6 +404,11 @@ struct PDir {
     data_lba: u32,
     lba: u32,
     size: u32,
+    /// Its children in identifier order ([`Prepared`] records).
+    entries: Span,
+    /// Its children in Joliet order ([`JolietEntry`] records), for tree directories when
+    /// the image has a Joliet volume.
+    joliet: Span,
 }
 
 impl PDir {
@@ -356,6 +424,8 @@ impl PDir {
             data_lba: 0,
             lba: 0,
             size: 0,
+            entries: Span::default(),
+            joliet: Span::default(),
         }
     }
 
@@ -365,59 +435,232 @@ impl PDir {
     }
 }
 
-/// What a child of a primary directory is. Directory indexes are `u32` (there are at most
-/// 65535) to keep a large directory's entries small.
-#[derive(Debug, Clone, Copy)]
+/// A child of a primary directory as every pass after naming needs it: its 8.3 name, its
+/// POSIX name (recorded in NM) and what it is. Sorted by identifier.
+#[derive(Debug, Clone)]
+struct Prepared {
+    ident: PrimaryName,
+    /// Position in its directory's listing, by name (for `rr_moved`, in the order the
+    /// relocated directories were found).
+    index: u32,
+    name: String,
+    kind: PKind,
+    /// For files and symbolic links; directories take theirs from their node.
+    attrs: Attrs,
+}
+
+/// What a child of a primary directory is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum PKind {
     /// A subdirectory at its natural place or, inside `rr_moved`, a relocated one (RE).
-    Dir(u32),
+    Dir(NodeId),
     /// The empty file standing for a relocated directory at its logical place (CL).
-    Placeholder(u32),
-    /// A regular file whose contents start at block `lba`.
+    Placeholder(NodeId),
+    /// `rr_moved`, in the root.
+    RrMoved,
+    /// A regular file whose contents start `rel` blocks after its directory's first data
+    /// block.
     File {
-        lba: u32,
+        size: u64,
+        rel: u64,
+        source: FileSource,
     },
-    Symlink,
+    Symlink {
+        target: String,
+    },
 }
 
-/// A child of a primary directory, named.
-#[derive(Debug)]
-struct PEntry {
-    /// Index in the directory's listing; one past its end for `rr_moved` in the root.
-    entry: u32,
-    ident: PrimaryName,
-    kind: PKind,
+/// A child of a Joliet directory: a directory, or a file placed by the primary layout.
+/// Sorted by identifier, then by index in name order (which only matters for two entries
+/// with the same identifier, an error).
+#[derive(Debug, Clone)]
+struct JolietEntry {
+    /// UCS-2 big-endian bytes, which sort like the identifiers.
+    ident: Vec<u8>,
+    index: u32,
+    /// The POSIX name, to report a collision.
+    name: String,
+    kind: JKind,
 }
 
-/// The children of one primary directory in identifier order, each file with its first
-/// block once the layout is known.
-#[derive(Debug)]
-struct PListing<'t> {
-    listing: Listing<'t>,
-    entries: Vec<PEntry>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JKind {
+    Dir(NodeId),
+    File { size: u64, rel: u64, mtime: Option<i64> },
 }
 
-impl PListing<'_> {
-    /// The POSIX name, recorded in NM.
-    fn name(&self, e: &PEntry) -> &str {
-        if e.entry as usize == self.listing.len() {
-            RR_MOVED
-        } else {
-            self.listing.name(e.entry as usize)
+impl PartialEq for Prepared {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Prepared {}
+
+impl PartialOrd for Prepared {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Prepared {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Identifiers are unique once named; the index keeps the order total regardless.
+        (self.ident, self.index).cmp(&(other.ident, other.index))
+    }
+}
+
+impl PartialEq for JolietEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for JolietEntry {}
+
+impl PartialOrd for JolietEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for JolietEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.ident, self.index).cmp(&(&other.ident, other.index))
+    }
+}
+
+fn encode_attrs(a: &Attrs, e: &mut Encoder) {
+    for v in [a.mode, a.uid, a.gid, a.serial] {
+        e.u32(v);
+    }
+    encode_time(a.mtime, e);
+}
+
+fn decode_attrs(d: &mut Decoder<'_>) -> io::Result<Attrs> {
+    let (mode, uid, gid, serial) = (d.u32()?, d.u32()?, d.u32()?, d.u32()?);
+    Ok(Attrs { mode, uid, gid, serial, mtime: decode_time(d)? })
+}
+
+fn encode_time(t: Option<i64>, e: &mut Encoder) {
+    e.u8(u8::from(t.is_some()));
+    e.i64(t.unwrap_or(0));
+}
+
+fn decode_time(d: &mut Decoder<'_>) -> io::Result<Option<i64>> {
+    let some = d.u8()? != 0;
+    let t = d.i64()?;
+    Ok(some.then_some(t))
+}
+
+fn decode_node(d: &mut Decoder<'_>) -> io::Result<NodeId> {
+    usize::try_from(d.u64()?).map_err(|_| spill::damaged())
+}
+
+impl Spill for Prepared {
+    fn heap_size(&self) -> usize {
+        let target = match &self.kind {
+            PKind::Symlink { target } => target.capacity(),
+            _ => 0,
+        };
+        self.name.capacity() + target
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        self.ident.encode(e);
+        e.u32(self.index);
+        e.str(&self.name);
+        encode_attrs(&self.attrs, e);
+        match &self.kind {
+            PKind::Dir(n) => {
+                e.u8(0);
+                e.u64(*n as u64);
+            }
+            PKind::Placeholder(n) => {
+                e.u8(1);
+                e.u64(*n as u64);
+            }
+            PKind::RrMoved => e.u8(2),
+            PKind::File { size, rel, source } => {
+                e.u8(3);
+                e.u64(*size);
+                e.u64(*rel);
+                match source {
+                    FileSource::Node(n) => {
+                        e.u8(0);
+                        e.u64(*n as u64);
+                    }
+                    FileSource::Disk(run) => {
+                        e.u8(1);
+                        e.u64(u64::from(*run));
+                    }
+                }
+            }
+            PKind::Symlink { target } => {
+                e.u8(4);
+                e.str(target);
+            }
         }
     }
 
-    /// The tree entry behind a file or symbolic link.
-    fn entry(&self, e: &PEntry) -> Entry<'_> {
-        self.listing.entry(e.entry as usize)
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        let ident = PrimaryName::decode(d)?;
+        let index = d.u32()?;
+        let name = d.string()?;
+        let attrs = decode_attrs(d)?;
+        let kind = match d.u8()? {
+            0 => PKind::Dir(decode_node(d)?),
+            1 => PKind::Placeholder(decode_node(d)?),
+            2 => PKind::RrMoved,
+            3 => {
+                let (size, rel) = (d.u64()?, d.u64()?);
+                let source = match d.u8()? {
+                    0 => FileSource::Node(decode_node(d)?),
+                    1 => FileSource::Disk(u32::try_from(d.u64()?).map_err(|_| spill::damaged())?),
+                    _ => return Err(spill::damaged()),
+                };
+                PKind::File { size, rel, source }
+            }
+            4 => PKind::Symlink { target: d.string()? },
+            _ => return Err(spill::damaged()),
+        };
+        Ok(Prepared { ident, index, name, kind, attrs })
     }
 }
 
-/// The size of a listing entry the layout took for a regular file (`PKind::File`).
-fn file_size(entry: &Entry<'_>) -> u64 {
-    match entry.kind {
-        EntryKind::File { size, .. } => size,
-        _ => unreachable!("PKind::File stands for a file"),
+impl Spill for JolietEntry {
+    fn heap_size(&self) -> usize {
+        self.ident.capacity() + self.name.capacity()
+    }
+
+    fn encode(&self, e: &mut Encoder) {
+        e.bytes(&self.ident);
+        e.u32(self.index);
+        e.str(&self.name);
+        match self.kind {
+            JKind::Dir(n) => {
+                e.u8(0);
+                e.u64(n as u64);
+            }
+            JKind::File { size, rel, mtime } => {
+                e.u8(1);
+                e.u64(size);
+                e.u64(rel);
+                encode_time(mtime, e);
+            }
+        }
+    }
+
+    fn decode(d: &mut Decoder<'_>) -> io::Result<Self> {
+        let ident = d.bytes()?.to_vec();
+        let index = d.u32()?;
+        let name = d.string()?;
+        let kind = match d.u8()? {
+            0 => JKind::Dir(decode_node(d)?),
+            1 => JKind::File { size: d.u64()?, rel: d.u64()?, mtime: decode_time(d)? },
+            _ => return Err(spill::damaged()),
+        };
+        Ok(JolietEntry { ident, index, name, kind })
     }
 }
 
@@ -435,7 +678,8 @@ struct JDir {
 const NONE: usize = usize::MAX;
 
 /// Everything about one image, from hierarchy to block addresses; per directory, never per
-/// entry, so its size is bounded by the number of directories.
+/// entry, so its size is bounded by the number of directories. Entries are prepared once
+/// into `log`, which moves to a temporary file once it is large.
 struct Plan<'a> {
     tree: &'a IsoTree,
     opts: &'a IsoOptions,
@@ -450,6 +694,11 @@ struct Plan<'a> {
     jdirs: Vec<JDir>,
     /// The Joliet directory of each directory node.
     jdir_of: Vec<usize>,
+    /// The prepared entries of every directory.
+    log: Log,
+    /// Directories with two entries of the same Joliet name: the first such pair in name
+    /// order, reported in Joliet path table order once the whole tree has been seen.
+    joliet_collisions: Vec<(NodeId, String, String)>,
     path_table: [u32; 4],
     path_table_size: u32,
     joliet_path_table_size: u32,
@@ -472,6 +721,8 @@ impl<'a> Plan<'a> {
             relocated: Vec::new(),
             jdirs: Vec::new(),
             jdir_of: vec![NONE; tree.nodes.len()],
+            log: Log::default(),
+            joliet_collisions: Vec::new(),
             path_table: [0; 4],
             path_table_size: 0,
             joliet_path_table_size: 0,
@@ -493,92 +744,114 @@ impl<'a> Plan<'a> {
         self.tree.listing(node).map_err(|source| WriteError::ReadCatalog { source })
     }
 
+    /// The image path of primary directory `p`, for error messages.
+    fn dir_path(&self, p: usize) -> String {
+        self.pdirs[p].node.map_or_else(|| RR_MOVED.to_owned(), |n| self.tree.path_of(n))
+    }
+
+    fn sort_error(&self, p: usize) -> impl Fn(io::Error) -> WriteError + '_ {
+        move |source| WriteError::SortEntries { path: self.dir_path(p), source }
+    }
+
+    /// The prepared entries of primary directory `p`, in identifier order.
+    fn entries(&self, p: usize) -> LogRecords<'_, Prepared> {
+        self.log.read(self.pdirs[p].entries)
+    }
+
     /// Builds the primary hierarchy, relocating directories deeper than eight levels into
-    /// `rr_moved`, names every directory and numbers them in path table order.
+    /// `rr_moved`, names every directory and numbers them in path table order; prepares
+    /// every directory's entries on the way.
     fn build_primary(&mut self) -> Result<(), WriteError> {
         let rock_ridge = self.opts.rock_ridge;
-        let mut dirs = vec![PDir::new(Some(ROOT), 1, 0)];
+        self.pdirs.push(PDir::new(Some(ROOT), 1, 0));
         // Per directory, its physical subdirectories in identifier order.
-        let mut subdirs: Vec<Vec<u32>> = vec![Vec::new()];
+        let mut subdirs: Vec<Vec<u32>> = Vec::new();
         self.pdir_of[ROOT] = 0;
-        let mut root_children = None;
+        let mut root = None;
         let mut pending = vec![0usize];
 
         while let Some(d) = pending.pop() {
-            let node = dirs[d].node.expect("only tree directories are queued");
-            let listing = self.listing(node)?;
-            // Per entry, the primary directory it becomes at its natural place.
-            let mut natural = Vec::with_capacity(listing.len());
-            for i in 0..listing.len() {
-                let entry = listing.entry(i);
-                let path = || join(&self.tree.path_of(node), entry.name);
-                natural.push(match entry.kind {
-                    EntryKind::Dir(child) if dirs[d].level < MAX_LEVEL => {
-                        let level = dirs[d].level + 1;
-                        dirs.push(PDir::new(Some(child), level, d));
-                        let x = dirs.len() - 1;
+            let node = self.pdirs[d].node.expect("only tree directories are queued");
+            let mut namer = PrimaryNamer::new(self.tree.sort_memory());
+            let mut listing = self.listing(node)?;
+            let mut index = 0u32;
+            let mut has_rr_moved = false;
+            while let Some(entry) =
+                listing.next().map_err(|source| WriteError::ReadCatalog { source })?
+            {
+                let path = || join(&self.tree.path_of(node), &entry.name);
+                // Whether the entry is a directory at this place, which its 8.3 name shows.
+                let is_dir_here = match entry.kind {
+                    EntryKind::Dir(child) if self.pdirs[d].level < MAX_LEVEL => {
+                        let level = self.pdirs[d].level + 1;
+                        self.pdirs.push(PDir::new(Some(child), level, d));
+                        let x = self.pdirs.len() - 1;
                         self.pdir_of[child] = x;
                         pending.push(x);
-                        Some(x)
+                        true
                     }
                     EntryKind::Dir(child) if rock_ridge => {
-                        let moved = *self.rr_moved.get_or_insert_with(|| {
-                            dirs.push(PDir::new(None, 2, 0));
-                            dirs.len() - 1
-                        });
+                        let moved = match self.rr_moved {
+                            Some(moved) => moved,
+                            None => {
+                                self.pdirs.push(PDir::new(None, 2, 0));
+                                *self.rr_moved.insert(self.pdirs.len() - 1)
+                            }
+                        };
                         let mut relocated = PDir::new(Some(child), 3, moved);
                         relocated.logical_parent = Some(d);
-                        dirs.push(relocated);
-                        let r = dirs.len() - 1;
+                        self.pdirs.push(relocated);
+                        let r = self.pdirs.len() - 1;
                         self.pdir_of[child] = r;
                         pending.push(r);
-                        self.relocated.push((entry.name.to_owned(), r));
-                        None
+                        self.relocated.push((entry.name.clone(), r));
+                        false
                     }
                     EntryKind::Dir(_) => {
                         return Err(WriteError::RelocateDirectory { path: path() })
                     }
                     EntryKind::File { size, .. } => {
-                        dirs[d].files += 1;
-                        dirs[d].data_sectors += size.div_ceil(SECTOR as u64);
-                        None
+                        self.pdirs[d].files += 1;
+                        self.pdirs[d].data_sectors += size.div_ceil(SECTOR as u64);
+                        false
                     }
-                    EntryKind::Symlink { .. } if rock_ridge => None,
+                    EntryKind::Symlink { .. } if rock_ridge => false,
                     EntryKind::Symlink { .. } => {
                         return Err(WriteError::RecordSymlink { path: path() })
                     }
-                });
+                };
+                has_rr_moved |= entry.name == RR_MOVED;
+                let natural = primary_natural(&entry.name, is_dir_here);
+                namer.push(index, natural).map_err(self.sort_error(d))?;
+                index += 1;
             }
             if d == 0 {
-                // Named last: `rr_moved` joins the root once the whole tree has been seen.
-                root_children = Some((listing, natural));
+                // Prepared last: `rr_moved` joins the root once the whole tree has been seen.
+                root = Some((namer, index, has_rr_moved));
             } else {
-                let children: Vec<(&str, Option<usize>)> =
-                    (0..listing.len()).map(|i| (listing.name(i), natural[i])).collect();
-                let named = name_subdirs(&mut dirs, &children);
-                subdirs.resize_with(dirs.len(), Vec::new);
-                subdirs[d] = named;
+                self.prepare(d, namer, &mut subdirs)?;
             }
         }
 
-        let (root_listing, root_natural) = root_children.expect("the root is listed first");
-        let mut root_children: Vec<(&str, Option<usize>)> =
-            (0..root_listing.len()).map(|i| (root_listing.name(i), root_natural[i])).collect();
+        let (mut root_namer, root_entries, has_rr_moved) = root.expect("the root is listed first");
         if let Some(moved) = self.rr_moved {
-            if root_children.iter().any(|&(name, _)| name == RR_MOVED) {
+            if has_rr_moved {
                 // FIXME: pick another name when the tree already has `rr_moved` at its
                 // root; only matters for trees that are both deep and contain that name.
                 return Err(WriteError::ReserveRelocationDir { path: RR_MOVED.to_owned() });
             }
-            root_children.push((RR_MOVED, Some(moved)));
-            let relocated: Vec<(&str, Option<usize>)> =
-                self.relocated.iter().map(|(name, r)| (name.as_str(), Some(*r))).collect();
-            let named = name_subdirs(&mut dirs, &relocated);
-            subdirs.resize_with(dirs.len(), Vec::new);
-            subdirs[moved] = named;
+            let natural = primary_natural(RR_MOVED, true);
+            root_namer.push(root_entries, natural).map_err(self.sort_error(0))?;
+            let mut namer = PrimaryNamer::new(self.tree.sort_memory());
+            for (i, (name, _)) in self.relocated.iter().enumerate() {
+                namer
+                    .push(i as u32, primary_natural(name, true))
+                    .map_err(self.sort_error(moved))?;
+            }
+            self.prepare(moved, namer, &mut subdirs)?;
         }
-        subdirs[0] = name_subdirs(&mut dirs, &root_children);
-        drop(root_children);
+        self.prepare(0, root_namer, &mut subdirs)?;
+        self.log.seal().map_err(|source| WriteError::KeepEntries { source })?;
 
         // Path table order: breadth first, children in identifier order.
         let mut order = vec![0usize];
@@ -591,12 +864,12 @@ impl<'a> Plan<'a> {
         if order.len() > MAX_DIRECTORIES {
             return Err(WriteError::NumberDirectories { count: order.len() });
         }
-        let mut new_index = vec![0usize; dirs.len()];
+        let mut new_index = vec![0usize; self.pdirs.len()];
         for (new, &old) in order.iter().enumerate() {
             new_index[old] = new;
         }
         drop(order);
-        for dir in &mut dirs {
+        for dir in &mut self.pdirs {
             dir.parent = new_index[dir.parent];
             dir.logical_parent = dir.logical_parent.map(|p| new_index[p]);
         }
@@ -609,15 +882,168 @@ impl<'a> Plan<'a> {
         self.rr_moved = self.rr_moved.map(|m| new_index[m]);
         // Moves each directory to its number in place, one cycle of the permutation at a
         // time, rather than into a second vector.
-        for i in 0..dirs.len() {
+        for i in 0..self.pdirs.len() {
             while new_index[i] != i {
                 let j = new_index[i];
-                dirs.swap(i, j);
+                self.pdirs.swap(i, j);
                 new_index.swap(i, j);
             }
         }
-        self.pdirs = dirs;
         Ok(())
+    }
+
+    /// Prepares the entries of primary directory `p`, whose natural 8.3 names `namer` has:
+    /// names them, sorts them by identifier, places its files, and sorts its Joliet
+    /// entries, each into the log; names its subdirectories, adding them to `subdirs[p]`
+    /// in identifier order.
+    fn prepare(
+        &mut self,
+        p: usize,
+        namer: PrimaryNamer,
+        subdirs: &mut Vec<Vec<u32>>,
+    ) -> Result<(), WriteError> {
+        let limit = self.tree.sort_memory();
+        let mut renames = namer.finish().map_err(|e| match e {
+            NameError::Sort(source) => self.sort_error(p)(source),
+            NameError::Exhausted => WriteError::MapPrimaryName { path: self.dir_path(p) },
+        })?;
+
+        // The directory listed again, in the same order, now with final names.
+        let mut by_ident = Sorter::new(limit);
+        let mut index = 0u32;
+        let mut add = |plan: &Self, entry: Entry| -> Result<(), WriteError> {
+            let rename = renames.name_of(index).map_err(plan.sort_error(p))?;
+            by_ident.push(plan.prepared(p, index, entry, rename)).map_err(plan.sort_error(p))?;
+            index += 1;
+            Ok(())
+        };
+        match self.pdirs[p].node {
+            Some(node) => {
+                let mut listing = self.listing(node)?;
+                while let Some(entry) =
+                    listing.next().map_err(|source| WriteError::ReadCatalog { source })?
+                {
+                    add(self, entry)?;
+                }
+            }
+            None => {
+                for (name, r) in &self.relocated {
+                    let node = self.pdirs[*r].node.expect("only tree dirs are relocated");
+                    let attrs = self.tree.nodes[node].attrs;
+                    add(self, Entry { name: name.clone(), kind: EntryKind::Dir(node), attrs })?;
+                }
+            }
+        }
+        if p == 0 && self.rr_moved.is_some() {
+            let ident = renames
+                .name_of(index)
+                .map_err(self.sort_error(p))?
+                .unwrap_or_else(|| primary_natural(RR_MOVED, true));
+            let attrs = self.tree.nodes[ROOT].attrs;
+            let name = RR_MOVED.to_owned();
+            let moved = Prepared { ident, index, name, kind: PKind::RrMoved, attrs };
+            by_ident.push(moved).map_err(self.sort_error(p))?;
+        }
+        drop(renames);
+
+        let mut by_ident = by_ident.finish().map_err(self.sort_error(p))?;
+        let joliet = self.opts.joliet && self.pdirs[p].node.is_some();
+        let mut by_joliet = joliet.then(|| Sorter::new(limit));
+        if subdirs.len() < self.pdirs.len() {
+            subdirs.resize_with(self.pdirs.len(), Vec::new);
+        }
+        let keep = |source| WriteError::KeepEntries { source };
+        let start = self.log.len();
+        let mut rel = 0u64;
+        while let Some(mut entry) = by_ident.next().map_err(self.sort_error(p))? {
+            match &mut entry.kind {
+                PKind::Dir(child) => {
+                    let x = self.pdir_of[*child];
+                    self.pdirs[x].name = Some(entry.ident);
+                    subdirs[p].push(x as u32);
+                }
+                PKind::RrMoved => {
+                    let x = self.rr_moved.expect("listed only with rr_moved");
+                    self.pdirs[x].name = Some(entry.ident);
+                    subdirs[p].push(x as u32);
+                }
+                PKind::File { size, rel: at, .. } => {
+                    *at = rel;
+                    rel += size.div_ceil(SECTOR as u64);
+                }
+                PKind::Placeholder(_) | PKind::Symlink { .. } => {}
+            }
+            if let Some(by_joliet) = &mut by_joliet {
+                let kind = match entry.kind {
+                    PKind::Dir(child) | PKind::Placeholder(child) => Some(JKind::Dir(child)),
+                    PKind::File { size, rel, .. } => {
+                        Some(JKind::File { size, rel, mtime: entry.attrs.mtime })
+                    }
+                    PKind::RrMoved | PKind::Symlink { .. } => None,
+                };
+                if let Some(kind) = kind {
+                    let mut ident = Vec::new();
+                    joliet_name_into(&entry.name, &mut ident);
+                    let (index, name) = (entry.index, entry.name.clone());
+                    let j = JolietEntry { ident, index, name, kind };
+                    by_joliet.push(j).map_err(self.sort_error(p))?;
+                }
+            }
+            self.log.push(&entry).map_err(keep)?;
+        }
+        self.pdirs[p].entries = Span { offset: start, len: self.log.len() - start };
+
+        if let Some(by_joliet) = by_joliet {
+            let mut by_joliet = by_joliet.finish().map_err(self.sort_error(p))?;
+            let start = self.log.len();
+            // The first collision in name order: the earliest entry whose identifier an
+            // earlier entry has, with the earliest of those.
+            let mut collision: Option<(u32, String, String)> = None;
+            let mut previous: Option<JolietEntry> = None;
+            let mut repeats = 0;
+            while let Some(entry) = by_joliet.next().map_err(self.sort_error(p))? {
+                self.log.push(&entry).map_err(keep)?;
+                match &previous {
+                    Some(first) if first.ident == entry.ident => {
+                        repeats += 1;
+                        // Within a group of equal identifiers indexes ascend: the second
+                        // is the first repeat of the group, the one before it the first.
+                        if repeats == 1 && collision.as_ref().is_none_or(|c| entry.index < c.0) {
+                            collision = Some((entry.index, first.name.clone(), entry.name.clone()));
+                        }
+                    }
+                    _ => repeats = 0,
+                }
+                previous = Some(entry);
+            }
+            self.pdirs[p].joliet = Span { offset: start, len: self.log.len() - start };
+            if let Some((_, first, second)) = collision {
+                let node = self.pdirs[p].node.expect("Joliet entries are of tree directories");
+                self.joliet_collisions.push((node, first, second));
+            }
+        }
+        Ok(())
+    }
+
+    /// Entry `index` of primary directory `p` as prepared, named `rename` if it does not
+    /// keep its natural 8.3 name.
+    fn prepared(
+        &self,
+        p: usize,
+        index: u32,
+        entry: Entry,
+        rename: Option<PrimaryName>,
+    ) -> Prepared {
+        let (kind, is_dir_here) = match entry.kind {
+            EntryKind::Dir(child) if self.pdirs[self.pdir_of[child]].logical_parent == Some(p) => {
+                (PKind::Placeholder(child), false)
+            }
+            EntryKind::Dir(child) => (PKind::Dir(child), true),
+            EntryKind::File { size, source } => (PKind::File { size, rel: 0, source }, false),
+            EntryKind::Symlink { target } => (PKind::Symlink { target }, false),
+        };
+        let ident = rename.unwrap_or_else(|| primary_natural(&entry.name, is_dir_here));
+        Prepared { ident, index, name: entry.name, kind, attrs: entry.attrs }
     }
 
     /// Builds the Joliet hierarchy: the tree as is (no depth limit, no relocation),
@@ -629,25 +1055,20 @@ impl<'a> Plan<'a> {
         let mut j = 0;
         while j < dirs.len() {
             let node = dirs[j].node;
-            let listing = self.listing(node)?;
-            let order = joliet_order(
-                (0..listing.len())
-                    .filter(|&i| !matches!(listing.entry(i).kind, EntryKind::Symlink { .. })),
-                |i| listing.name(i),
-            );
-            if let Some((first, second)) = order.collision {
+            if let Some((_, first, second)) = self.joliet_collisions.iter().find(|c| c.0 == node) {
                 let dir = self.tree.path_of(node);
                 return Err(WriteError::MapJolietName {
-                    first: join(&dir, listing.name(first)),
-                    second: join(&dir, listing.name(second)),
+                    first: join(&dir, first),
+                    second: join(&dir, second),
                 });
             }
-            for i in order.sorted {
-                if let EntryKind::Dir(child) = listing.entry(i).kind {
+            let mut entries = self.log.read::<JolietEntry>(self.pdirs[self.pdir_of[node]].joliet);
+            while let Some(entry) =
+                entries.next().map_err(|source| WriteError::KeepEntries { source })?
+            {
+                if let JKind::Dir(child) = entry.kind {
                     self.jdir_of[child] = dirs.len();
-                    let mut ident = Vec::new();
-                    joliet_name_into(listing.name(i), &mut ident);
-                    let ident = ident.into_boxed_slice();
+                    let ident = entry.ident.into_boxed_slice();
                     dirs.push(JDir { node: child, parent: j, ident, lba: 0, size: 0 });
                 }
             }
@@ -704,7 +1125,11 @@ impl<'a> Plan<'a> {
         Ok(())
     }
 
-    fn emit<W: Write>(&self, out: &mut W) -> Result<u64, WriteError> {
+    fn emit<W: Write>(
+        &self,
+        out: &mut W,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, WriteError> {
         let mut sink = Sink { out, written: 0 };
         sink.zeros(16 * SECTOR as u64)?;
 
@@ -758,9 +1183,16 @@ impl<'a> Plan<'a> {
 
         for p in (0..self.pdirs.len()).filter(|&p| self.pdirs[p].files > 0) {
             debug_assert_eq!(sink.written, u64::from(self.pdirs[p].data_lba) * SECTOR as u64);
-            let listing = self.primary_listing(p)?;
-            for e in listing.entries.iter().filter(|e| matches!(e.kind, PKind::File { .. })) {
-                sink.file(&listing.listing, listing.entry(e))?;
+            let node = self.pdirs[p].node.expect("rr_moved holds no files");
+            let mut disk_dir = None;
+            let mut entries = self.entries(p);
+            while let Some(entry) =
+                entries.next().map_err(|source| WriteError::KeepEntries { source })?
+            {
+                if let PKind::File { size, source, .. } = entry.kind {
+                    sink.file(self.tree, node, &entry.name, size, source, &mut disk_dir)?;
+                    progress(sink.written);
+                }
             }
         }
         debug_assert_eq!(sink.written, u64::from(self.total_sectors) * SECTOR as u64);
@@ -803,64 +1235,6 @@ impl<'a> Plan<'a> {
         ]
     }
 
-    /// The children of primary directory `p`, named, in identifier order, each file with
-    /// its first block (the blocks are right once `lay_out` has run).
-    fn primary_listing(&self, p: usize) -> Result<PListing<'_>, WriteError> {
-        let dir = &self.pdirs[p];
-        let listing = match dir.node {
-            None => Listing::of_nodes(
-                self.tree,
-                self.relocated
-                    .iter()
-                    .map(|(name, r)| {
-                        (name.as_str(), self.pdirs[*r].node.expect("only tree dirs are relocated"))
-                    })
-                    .collect(),
-            ),
-            Some(node) => self.listing(node)?,
-        };
-
-        let mut kinds = Vec::with_capacity(listing.len() + 1);
-        for i in 0..listing.len() {
-            kinds.push(match listing.entry(i).kind {
-                EntryKind::Dir(child) => {
-                    let x = self.pdir_of[child];
-                    if self.pdirs[x].logical_parent == Some(p) {
-                        PKind::Placeholder(x as u32)
-                    } else {
-                        PKind::Dir(x as u32)
-                    }
-                }
-                EntryKind::File { .. } => PKind::File { lba: 0 },
-                EntryKind::Symlink { .. } => PKind::Symlink,
-            });
-        }
-        if let (0, Some(moved)) = (p, self.rr_moved) {
-            kinds.push(PKind::Dir(moved as u32));
-        }
-        let idents = assign_primary(kinds.iter().enumerate().map(|(i, kind)| {
-            let name = if i == listing.len() { RR_MOVED } else { listing.name(i) };
-            (name, matches!(kind, PKind::Dir(_)))
-        }));
-        let mut entries: Vec<PEntry> = kinds
-            .into_iter()
-            .zip(idents)
-            .enumerate()
-            .map(|(entry, (kind, ident))| PEntry { entry: entry as u32, ident, kind })
-            .collect();
-        entries.sort_unstable_by_key(|e| e.ident);
-
-        let mut next = u64::from(dir.data_lba);
-        for e in &mut entries {
-            if let PKind::File { lba } = &mut e.kind {
-                let size = file_size(&listing.entry(e.entry as usize));
-                *lba = next as u32;
-                next += size.div_ceil(SECTOR as u64);
-            }
-        }
-        Ok(PListing { listing, entries })
-    }
-
     /// Encodes the extent of primary directory `p` into `out`, a sector at a time, and
     /// returns its size.
     fn primary_dir(
@@ -872,7 +1246,6 @@ impl<'a> Plan<'a> {
         let rr = self.opts.rock_ridge;
         let dir = &self.pdirs[p];
         let parent = &self.pdirs[dir.parent];
-        let listing = self.primary_listing(p)?;
         let mut out = Extent::new(out);
         let mut record = |out: &mut Extent<'_>, name: &[u8], lba, size, time, flags, entries| {
             let system_use = if rr {
@@ -902,12 +1275,16 @@ impl<'a> Plan<'a> {
         let parent_time = self.dir_time(dir.parent);
         record(&mut out, &[1], parent.lba, parent.size, parent_time, FLAG_DIRECTORY, dotdot)?;
 
-        for e in &listing.entries {
+        let mut entries = self.entries(p);
+        while let Some(e) = entries.next().map_err(|source| WriteError::KeepEntries { source })? {
             let ident = e.ident.identifier();
-            let nm = susp::nm(listing.name(e));
+            let nm = susp::nm(&e.name);
             match e.kind {
-                PKind::Dir(x) => {
-                    let x = x as usize;
+                PKind::Dir(_) | PKind::RrMoved => {
+                    let x = match e.kind {
+                        PKind::Dir(child) => self.pdir_of[child],
+                        _ => self.rr_moved.expect("listed only with rr_moved"),
+                    };
                     let sub = &self.pdirs[x];
                     let mut su = self.dir_attrs(x);
                     su.extend(nm);
@@ -917,29 +1294,24 @@ impl<'a> Plan<'a> {
                     let time = self.dir_time(x);
                     record(&mut out, &ident, sub.lba, sub.size, time, FLAG_DIRECTORY, su)?;
                 }
-                PKind::Placeholder(x) => {
-                    let x = x as usize;
+                PKind::Placeholder(child) => {
+                    let x = self.pdir_of[child];
                     let mut su = self.dir_attrs(x);
                     su.extend(nm);
                     su.push(susp::cl(self.pdirs[x].lba));
                     record(&mut out, &ident, 0, 0, self.dir_time(x), 0, su)?;
                 }
-                PKind::Symlink => {
-                    let entry = listing.entry(e);
-                    let EntryKind::Symlink { target } = entry.kind else {
-                        unreachable!("PKind::Symlink stands for a symbolic link");
-                    };
-                    let mut su = self.entry_attrs(S_IFLNK, &entry.attrs);
+                PKind::Symlink { target } => {
+                    let mut su = self.entry_attrs(S_IFLNK, &e.attrs);
                     su.extend(nm);
-                    su.extend(susp::sl(target));
-                    record(&mut out, &ident, 0, 0, self.time_of(entry.attrs.mtime), 0, su)?;
+                    su.extend(susp::sl(&target));
+                    record(&mut out, &ident, 0, 0, self.time_of(e.attrs.mtime), 0, su)?;
                 }
-                PKind::File { lba } => {
-                    let entry = listing.entry(e);
-                    let size = file_size(&entry);
-                    let time = self.time_of(entry.attrs.mtime);
-                    for (lba, size, flags) in extents(size, lba) {
-                        let mut su = self.entry_attrs(S_IFREG, &entry.attrs);
+                PKind::File { size, rel, .. } => {
+                    let time = self.time_of(e.attrs.mtime);
+                    let first = (u64::from(dir.data_lba) + rel) as u32;
+                    for (lba, size, flags) in extents(size, first) {
+                        let mut su = self.entry_attrs(S_IFREG, &e.attrs);
                         su.extend(nm.iter().cloned());
                         record(&mut out, &ident, lba, size, time, flags, su)?;
                     }
@@ -960,45 +1332,28 @@ impl<'a> Plan<'a> {
         let parent = &self.jdirs[dir.parent];
         let dir_time = |node: NodeId| self.time_of(self.tree.nodes[node].attrs.mtime);
 
-        // The same entries as the primary directory of the same node, which also places
-        // the files; relocation and `rr_moved` do not exist here.
-        let listing = self.primary_listing(self.pdir_of[dir.node])?;
-        let order = joliet_order(
-            (0..listing.entries.len()).filter(|&k| match listing.entries[k].kind {
-                PKind::Dir(x) | PKind::Placeholder(x) => self.pdirs[x as usize].node.is_some(),
-                PKind::File { .. } => true,
-                PKind::Symlink => false,
-            }),
-            |k| listing.name(&listing.entries[k]),
-        );
-
+        // Files lie where the primary layout of the same directory put them.
+        let data_lba = u64::from(self.pdirs[self.pdir_of[dir.node]].data_lba);
         let mut out = Extent::new(out);
         let record = |out: &mut Extent<'_>, name: &[u8], lba, size, time, flags| {
             out.push(&DirRecord { name, lba, size, time, flags, system_use: &[] })
         };
         record(&mut out, &[0], dir.lba, dir.size, dir_time(dir.node), FLAG_DIRECTORY)?;
         record(&mut out, &[1], parent.lba, parent.size, dir_time(parent.node), FLAG_DIRECTORY)?;
-        let mut ident = Vec::new();
-        for k in order.sorted {
-            let e = &listing.entries[k];
-            ident.clear();
-            joliet_name_into(listing.name(e), &mut ident);
-            let ident = &ident[..];
+        let mut entries = self.log.read::<JolietEntry>(self.pdirs[self.pdir_of[dir.node]].joliet);
+        while let Some(e) = entries.next().map_err(|source| WriteError::KeepEntries { source })? {
             match e.kind {
-                PKind::Dir(x) | PKind::Placeholder(x) => {
-                    let node = self.pdirs[x as usize].node.expect("rr_moved was left out");
+                JKind::Dir(node) => {
                     let sub = &self.jdirs[self.jdir_of[node]];
-                    record(&mut out, ident, sub.lba, sub.size, dir_time(node), FLAG_DIRECTORY)?;
+                    let time = dir_time(node);
+                    record(&mut out, &e.ident, sub.lba, sub.size, time, FLAG_DIRECTORY)?;
                 }
-                PKind::File { lba } => {
-                    let entry = listing.entry(e);
-                    let size = file_size(&entry);
-                    let time = self.time_of(entry.attrs.mtime);
-                    for (lba, size, flags) in extents(size, lba) {
-                        record(&mut out, ident, lba, size, time, flags)?;
+                JKind::File { size, rel, mtime } => {
+                    let time = self.time_of(mtime);
+                    for (lba, size, flags) in extents(size, (data_lba + rel) as u32) {
+                        record(&mut out, &e.ident, lba, size, time, flags)?;
                     }
                 }
-                PKind::Symlink => unreachable!("symbolic links were left out"),
             }
         }
         out.finish()
@@ -1019,20 +1374,6 @@ impl<'a> Plan<'a> {
         }
         t
     }
-}
-
-/// Names the children of a primary directory (POSIX name, and the primary directory of
-/// those that are directories at this place) and returns its subdirectories in identifier
-/// order.
-fn name_subdirs(dirs: &mut [PDir], children: &[(&str, Option<usize>)]) -> Vec<u32> {
-    let names = assign_primary(children.iter().map(|&(name, dir)| (name, dir.is_some())));
-    let mut subdirs: Vec<(PrimaryName, usize)> =
-        children.iter().zip(names).filter_map(|((_, dir), name)| dir.map(|x| (name, x))).collect();
-    subdirs.sort_unstable();
-    for &(name, x) in &subdirs {
-        dirs[x].name = Some(name);
-    }
-    subdirs.into_iter().map(|(_, x)| x as u32).collect()
 }
 
 /// The directory records' view of a file of `size` bytes starting at block `first`: one
@@ -1140,18 +1481,36 @@ impl<W: Write> Sink<'_, W> {
         Ok(())
     }
 
-    /// Streams the contents of `file` (of `listing`) and pads to a sector boundary.
-    fn file(&mut self, listing: &Listing<'_>, file: Entry<'_>) -> Result<(), WriteError> {
-        let EntryKind::File { size, source } = file.kind else {
-            unreachable!("only files are streamed");
-        };
+    /// Streams the contents of file `name` of `size` bytes, in directory `dir` of `tree`,
+    /// and pads to a sector boundary. `disk_dir` keeps the disk directory of the run read
+    /// last, which the next file most likely shares.
+    fn file(
+        &mut self,
+        tree: &IsoTree,
+        dir: NodeId,
+        name: &str,
+        size: u64,
+        source: FileSource,
+        disk_dir: &mut Option<(u32, PathBuf)>,
+    ) -> Result<(), WriteError> {
         match source {
-            FileSource::Node(n) => match &listing.tree().nodes[n].kind {
+            FileSource::Node(n) => match &tree.nodes[n].kind {
                 NodeKind::File { data: FileData::Bytes(bytes), .. } => self.put(bytes)?,
                 NodeKind::File { data: FileData::Disk(path), .. } => self.stream(path, size)?,
                 _ => unreachable!("file sources are file nodes"),
             },
-            FileSource::Disk(run) => self.stream(&listing.disk_dir(run).join(file.name), size)?,
+            FileSource::Disk(run) => {
+                let path = match disk_dir {
+                    Some((cached, path)) if *cached == run => path,
+                    _ => {
+                        let path = tree
+                            .disk_dir_of_run(dir, run)
+                            .map_err(|source| WriteError::ReadCatalog { source })?;
+                        &disk_dir.insert((run, path)).1
+                    }
+                };
+                self.stream(&path.join(name), size)?;
+            }
         }
         self.pad()
     }
@@ -1211,6 +1570,15 @@ mod tests {
         out
     }
 
+    fn all_entries(plan: &Plan<'_>, p: usize) -> Vec<Prepared> {
+        let mut entries = plan.entries(p);
+        let mut out = Vec::new();
+        while let Some(e) = entries.next().expect("prepared entries") {
+            out.push(e);
+        }
+        out
+    }
+
     fn u32_at(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
     }
@@ -1267,10 +1635,11 @@ mod tests {
         let opts = IsoOptions::new("x");
         let mut plan = Plan::new(&tree, &opts).expect("plan");
         plan.lay_out().expect("layout");
-        let listing = plan.primary_listing(0).expect("listing");
-        let PKind::File { lba, .. } = listing.entries[0].kind else {
+        let entries = all_entries(&plan, 0);
+        let PKind::File { rel, .. } = entries[0].kind else {
             unreachable!("one file");
         };
+        let lba = plan.pdirs[0].data_lba + rel as u32;
         let extents = extents(size, lba);
         assert_eq!(extents.len(), 3);
         let per = (MAX_EXTENT / SECTOR as u64) as u32;
@@ -1298,10 +1667,7 @@ mod tests {
         }
         let opts = IsoOptions::new("x");
         let plan = Plan::new(&tree, &opts).expect("plan");
-        let ids: Vec<String> = plan
-            .primary_listing(0)
-            .expect("listing")
-            .entries
+        let ids: Vec<String> = all_entries(&plan, 0)
             .iter()
             .map(|e| String::from_utf8(e.ident.identifier()).expect("ascii"))
             .collect();
@@ -1361,6 +1727,77 @@ mod tests {
             let mut from_nodes = Vec::new();
             write_iso(&nodes, &opts, &mut from_nodes).expect("write");
             assert!(from_catalog == from_nodes, "images differ (joliet: {joliet})");
+        }
+    }
+
+    /// Every sort through temporary files: runs of a few entries, merged in several rounds.
+    const SPILL_ALWAYS: usize = 512;
+
+    #[test]
+    fn entries_sorted_in_spilled_runs_give_the_bytes_of_in_memory_sorts() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        rich_source(&src);
+        for i in 0..2000 {
+            // 8.3 collisions that need two- and three-digit suffixes, next to natural names
+            // shaped like suffixed ones.
+            fs::write(src.join(format!("many/{}-{i}.data", ["x", "entry"][i % 2])), b"")
+                .expect("w");
+        }
+        for taken in ["ENTRY_1.DAT", "ENTRY_12.DAT", "ENTR_100.DAT"] {
+            fs::write(src.join("many").join(taken), b"").expect("write");
+        }
+        let other = tmp.path().join("other");
+        fs::create_dir_all(other.join("many")).expect("mkdir");
+        for i in 0..300 {
+            fs::write(other.join(format!("many/zz-from-another-graft-{i}")), b"z").expect("w");
+        }
+
+        let describe = |sort_memory| {
+            let mut tree = IsoTree::new();
+            tree.set_sort_memory(sort_memory);
+            tree.add_file_bytes("meta-data", b"instance-id: x\n".to_vec(), 0o644).expect("add");
+            tree.add_dir_from_disk("", &src).expect("graft");
+            tree.add_dir_from_disk("", &other).expect("second graft");
+            tree.add_file_bytes("many/added-by-hand.txt", b"hand".to_vec(), 0o600).expect("add");
+            tree
+        };
+        let in_memory = describe(usize::MAX);
+        let spilled = describe(SPILL_ALWAYS);
+        for (rock_ridge, joliet) in [(true, true), (true, false)] {
+            let mut opts = IsoOptions::new("same");
+            opts.timestamp = Some(1_700_000_000);
+            (opts.rock_ridge, opts.joliet) = (rock_ridge, joliet);
+            let mut want = Vec::new();
+            write_iso(&in_memory, &opts, &mut want).expect("write");
+            let mut got = Vec::new();
+            write_iso(&spilled, &opts, &mut got).expect("write");
+            assert!(got == want, "images differ (joliet: {joliet})");
+        }
+    }
+
+    #[test]
+    fn a_joliet_collision_found_in_spilled_runs_names_the_first_pair_in_name_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("src");
+        fs::create_dir_all(src.join("big")).expect("mkdir");
+        for i in 0..1000 {
+            fs::write(src.join(format!("big/file-{i:04}")), b"").expect("write");
+        }
+        // Two groups of equal Joliet names; the repeat that comes first by name decides.
+        for name in ["b*x", "c:y", "c?y", "b?x", "b;x"] {
+            fs::write(src.join("big").join(name), b"").expect("write");
+        }
+        for sort_memory in [usize::MAX, SPILL_ALWAYS] {
+            let mut tree = IsoTree::new();
+            tree.set_sort_memory(sort_memory);
+            tree.add_dir_from_disk("", &src).expect("tree");
+            let err = write_iso(&tree, &IsoOptions::new("x"), io::sink()).expect_err("collision");
+            assert!(
+                matches!(&err, WriteError::MapJolietName { first, second }
+                    if first == "big/b*x" && second == "big/b;x"),
+                "{err}"
+            );
         }
     }
 
