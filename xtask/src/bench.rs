@@ -47,15 +47,6 @@ pub fn measure(cmd: &mut Command) -> Result<Sample> {
     Ok(Sample { wall, max_rss_kib: usage.ru_maxrss as u64 })
 }
 
-/// The median of `runs` measurements of the command `make` builds.
-fn median(runs: usize, mut make: impl FnMut() -> Command) -> Result<Sample> {
-    let mut samples = Vec::new();
-    for _ in 0..runs {
-        samples.push(measure(&mut make())?);
-    }
-    Ok(middle(samples))
-}
-
 /// Median and fastest of one tool's interleaved runs.
 #[derive(Debug, Clone, Copy)]
 struct Timed {
@@ -67,10 +58,11 @@ struct Timed {
 
 /// Times several commands on the same job, interleaved so that disk and cache noise falls
 /// on all of them alike: one untimed warm-up run of each, then `rounds` rounds that run
-/// each once, in the given order. `prepare` runs (untimed) before every run of every
-/// command.
+/// each `block` times in a row, in the given order. `prepare` runs (untimed) before every
+/// run of every command.
 fn interleaved(
     rounds: usize,
+    block: usize,
     commands: &mut [&mut dyn FnMut() -> Command],
     prepare: &dyn Fn() -> Result<()>,
 ) -> Result<Vec<Timed>> {
@@ -81,8 +73,10 @@ fn interleaved(
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); commands.len()];
     for _ in 0..rounds {
         for (make, samples) in commands.iter_mut().zip(&mut samples) {
-            prepare()?;
-            samples.push(measure(&mut make())?);
+            for _ in 0..block {
+                prepare()?;
+                samples.push(measure(&mut make())?);
+            }
         }
     }
     Ok(samples
@@ -228,7 +222,7 @@ fn bench_iso(mesh: &Path, work: &Path) -> Result<()> {
         c
     };
     let rounds = 5;
-    let timed = interleaved(rounds, &mut [&mut ours, &mut genisoimage, &mut xorriso], &prepare)?;
+    let timed = interleaved(rounds, 1, &mut [&mut ours, &mut genisoimage, &mut xorriso], &prepare)?;
     let [ours, genisoimage, xorriso] = timed[..] else {
         unreachable!("three commands were timed");
     };
@@ -310,7 +304,7 @@ fn bench_seed(mesh: &Path, work: &Path) -> Result<()> {
     std::fs::write(&nc, "version: 2\nethernets:\n  mesh0:\n    match:\n      macaddress: \"52:54:00:12:34:56\"\n    set-name: mesh0\n    addresses: [10.77.0.2/24]\n")?;
     let ours_out = work.join("seed-ours.iso");
     let ref_out = work.join("seed-ref.iso");
-    let ours = || {
+    let mut ours = || {
         let mut c = Command::new(mesh);
         c.arg("seed")
             .arg(&ours_out)
@@ -322,35 +316,39 @@ fn bench_seed(mesh: &Path, work: &Path) -> Result<()> {
             .arg(&nc);
         c
     };
-    let reference = || {
+    let mut reference = || {
         let mut c = Command::new("cloud-localds");
         c.arg("-N").arg(&nc).arg(&ref_out).arg(&ud).arg(&md);
         c
     };
-    // The two tools take turns, so that whatever else the machine does falls on both. Two
-    // cases: a new output file (the previous one is removed first, untimed), as `mesh up`
+    // Each tool runs in blocks of back-to-back calls, as a script writing one seed per VM
+    // calls it, and the blocks alternate so that drift in the machine falls on both. (Runs
+    // that alternate one by one are slower for the short-lived tool here: each of its runs
+    // then starts on caches and a virtual CPU that the other tool's processes left cold.)
+    // Two cases: a new output file (the previous one is removed first, untimed), as `mesh up`
     // writes one seed per VM; and replacing the previous run's file, which on ext4 also
     // starts writing the replaced data out.
-    let runs = 41;
+    let (rounds, block) = (6, 7);
     for (case, fresh) in [("new file", true), ("replacing", false)] {
-        let mut mine = Vec::with_capacity(runs);
-        let mut theirs = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            for (out, make, samples) in [
-                (&ours_out, &ours as &dyn Fn() -> Command, &mut mine),
-                (&ref_out, &reference, &mut theirs),
-            ] {
-                if fresh {
+        let prepare = || -> Result<()> {
+            if fresh {
+                for out in [&ours_out, &ref_out] {
                     let _ = std::fs::remove_file(out);
                 }
-                samples.push(measure(&mut make())?);
             }
-        }
-        let (mine, theirs) = (middle(mine), middle(theirs));
-        line(&format!("seed (iso), {case}"), mine, theirs, "cloud-localds");
+            Ok(())
+        };
+        let timed = interleaved(rounds, block, &mut [&mut ours, &mut reference], &prepare)?;
+        let [mine, theirs] = timed[..] else {
+            unreachable!("two commands were timed");
+        };
+        line(&format!("seed (iso), {case}"), mine.median, theirs.median, "cloud-localds");
         println!(
-            "seed goal: >= 20x faster than cloud-localds; measured {:.1}x ({case})",
-            theirs.wall.as_secs_f64() / mine.wall.as_secs_f64()
+            "seed goal: >= 20x faster than cloud-localds; measured {:.1}x ({case}; fastest runs \
+             {:.2} ms against {:.2} ms)",
+            theirs.median.wall.as_secs_f64() / mine.median.wall.as_secs_f64(),
+            mine.min.as_secs_f64() * 1e3,
+            theirs.min.as_secs_f64() * 1e3,
         );
     }
     // What was timed must be a seed that a real reader takes for one.
@@ -360,13 +358,6 @@ fn bench_seed(mesh: &Path, work: &Path) -> Result<()> {
         bail!("blkid does not see a cidata ISO9660 image in our seed: {probe}");
     }
     Ok(())
-}
-
-/// The median wall time of `samples`, with the highest peak RSS among them.
-fn middle(mut samples: Vec<Sample>) -> Sample {
-    samples.sort_by_key(|s| s.wall);
-    let rss = samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
-    Sample { wall: samples[samples.len() / 2].wall, max_rss_kib: rss }
 }
 
 fn bench_net(_mesh: &Path) -> Result<()> {

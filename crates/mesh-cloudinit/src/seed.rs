@@ -231,7 +231,8 @@ impl Seed {
         options.timestamp = timestamp;
 
         // Seeds are a few KiB: build in memory, then write and rename like the vfat image.
-        let mut image = Vec::new();
+        // Room for a typical seed (27 sectors), so the image is not copied as it grows.
+        let mut image = Vec::with_capacity(64 << 10);
         mesh_iso::write_iso(&tree, &options, &mut image)
             .map_err(|source| SeedError::BuildIso { path: out.to_owned(), source })?;
         write_image(&image, out)
