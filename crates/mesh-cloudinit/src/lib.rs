@@ -53,7 +53,7 @@ pub use config::{
     CloudConfig, Command, FileEncoding, RenderError, SshHostKeys, User, WriteFile,
     CLOUD_CONFIG_HEADER,
 };
-pub use metadata::{validate_meta_data, MetaData, MetaDataError};
+pub use metadata::{validate_meta_data, DsMode, MetaData, MetaDataError};
 pub use mime::{multipart, parse_mime, MimeError, MimePart};
 pub use network::{
     validate_network_config, Ethernet, Nameservers, NetworkConfig, NetworkConfigError, Route,

@@ -17,6 +17,18 @@ const KNOWN_KEYS: [&str; 7] = [
     "seedfrom",
 ];
 
+/// When cloud-init applies a NoCloud seed (meta-data `dsmode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsMode {
+    /// In cloud-init's local stage, before networking is up: the whole init stage (user-data,
+    /// network configuration, init modules) runs there, and the network stage finds nothing
+    /// left to do.
+    Local,
+    /// In cloud-init's network stage, NoCloud's default.
+    Net,
+}
+
 /// The meta-data document.
 ///
 /// # Examples
@@ -24,6 +36,7 @@ const KNOWN_KEYS: [&str; 7] = [
 /// let md = mesh_cloudinit::MetaData {
 ///     instance_id: "iid-0123456789abcdef".into(),
 ///     local_hostname: "node-1".into(),
+///     dsmode: None,
 /// };
 /// assert_eq!(md.render().unwrap(), "instance-id: iid-0123456789abcdef\nlocal-hostname: node-1\n");
 /// ```
@@ -36,6 +49,9 @@ pub struct MetaData {
     /// Host name the guest takes early in boot.
     #[serde(rename = "local-hostname")]
     pub local_hostname: String,
+    /// When the seed is applied; cloud-init's default (`net`) when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsmode: Option<DsMode>,
 }
 
 /// What is wrong with a meta-data document.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::config::{is_host_name, CloudConfig, RenderError};
-use crate::metadata::{validate_meta_data, MetaData, MetaDataError};
+use crate::metadata::{validate_meta_data, DsMode, MetaData, MetaDataError};
 use crate::network::{validate_network_config, NetworkConfig, NetworkConfigError};
 use crate::userdata::{parse_user_data, UserDataError};
 use crate::vfat::{vfat_image, VfatError};
@@ -119,6 +119,8 @@ pub struct Seed {
     instance_id: String,
     /// Set when we wrote meta-data ourselves (and so derive the instance-id from content).
     local_hostname: Option<String>,
+    /// meta-data's `dsmode`, for seeds built by [`Seed::new`].
+    dsmode: Option<DsMode>,
 }
 
 impl Seed {
@@ -144,6 +146,7 @@ impl Seed {
             vendor_data: None,
             instance_id: String::new(),
             local_hostname: Some(local_hostname.to_owned()),
+            dsmode: None,
         };
         seed.derive_meta_data()?;
         Ok(seed)
@@ -176,6 +179,7 @@ impl Seed {
             vendor_data: vendor_data.map(|v| v.as_bytes().to_vec()),
             instance_id,
             local_hostname: None,
+            dsmode: None,
         })
     }
 
@@ -185,6 +189,16 @@ impl Seed {
         let vendor = parse_user_data(vendor).map_err(SeedError::CheckVendorData)?;
         self.vendor_data = Some(vendor.as_bytes().to_vec());
         if self.local_hostname.is_some() {
+            self.derive_meta_data()?;
+        }
+        Ok(self)
+    }
+
+    /// Sets meta-data's `dsmode` of a seed built by [`Seed::new`] (a new instance-id comes
+    /// with it). A seed built from files keeps its meta-data as given.
+    pub fn with_dsmode(mut self, mode: DsMode) -> Result<Self, SeedError> {
+        if self.local_hostname.is_some() {
+            self.dsmode = Some(mode);
             self.derive_meta_data()?;
         }
         Ok(self)
@@ -251,12 +265,18 @@ impl Seed {
     fn derive_meta_data(&mut self) -> Result<(), SeedError> {
         let local_hostname = self.local_hostname.clone().unwrap_or_default();
         let mut hasher = Sha256::new();
-        let fields: [(&str, Option<&[u8]>); 4] = [
+        let mut fields: Vec<(&str, Option<&[u8]>)> = vec![
             ("user-data", Some(&self.user_data)),
             ("local-hostname", Some(local_hostname.as_bytes())),
             ("network-config", self.network_config.as_deref()),
             ("vendor-data", self.vendor_data.as_deref()),
         ];
+        // Only when set, so that seeds without it keep the ids they always had.
+        match self.dsmode {
+            Some(DsMode::Local) => fields.push(("dsmode", Some(b"local"))),
+            Some(DsMode::Net) => fields.push(("dsmode", Some(b"net"))),
+            None => {}
+        }
         for (name, contents) in fields {
             // Length-prefixed so that moving bytes between files changes the hash.
             hasher.update(name.as_bytes());
@@ -271,7 +291,8 @@ impl Seed {
         }
         self.instance_id = format!("iid-{}", &hex::encode(hasher.finalize())[..16]);
 
-        let meta = MetaData { instance_id: self.instance_id.clone(), local_hostname };
+        let meta =
+            MetaData { instance_id: self.instance_id.clone(), local_hostname, dsmode: self.dsmode };
         self.meta_data = meta.render().map_err(SeedError::RenderMetaData)?.into_bytes();
         Ok(())
     }

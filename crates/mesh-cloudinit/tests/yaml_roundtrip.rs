@@ -190,7 +190,7 @@ fn check_round_trip(strings: &[String], schema: Schema) {
                 && !s.chars().any(char::is_control)
         })
     {
-        let meta = MetaData { instance_id: s.clone(), local_hostname: s.clone() };
+        let meta = MetaData { instance_id: s.clone(), local_hostname: s.clone(), dsmode: None };
         documents.push(meta.render().expect("usable instance-id renders"));
         expected.push(json!({ "instance-id": s, "local-hostname": s }));
     }

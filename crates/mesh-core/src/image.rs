@@ -38,6 +38,7 @@
 //! ```
 
 mod build;
+pub(crate) use build::INIT_DONE_LOCALLY;
 mod initramfs;
 mod pull;
 mod staging;

@@ -2,12 +2,12 @@
 //! readiness signal) and its QEMU command line.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use mesh_cloudinit::{CloudConfig, Command, Ethernet, NetworkConfig, Seed, WriteFile};
+use mesh_cloudinit::{CloudConfig, Command, DsMode, Ethernet, NetworkConfig, Seed, WriteFile};
 use mesh_qemu::{Accel, Arch};
 
-use crate::image::BaseImage;
+use crate::image::{BaseImage, INIT_DONE_LOCALLY};
 use crate::keys::KeyPair;
 use crate::plan::{MeshPlan, NodePlan, READY_PORT};
 use crate::repo::{InjectedRepo, BUILD_DIR, REPO_LABEL};
@@ -25,9 +25,10 @@ const READY_UNIT: &str = "/etc/systemd/system/vmmesh-ready.service";
 /// cloud-init runs this on every boot, from within cloud-final.
 const READY_PER_BOOT: &str = "/var/lib/cloud/scripts/per-boot/vmmesh-ready";
 
-/// The init-stage modules our seed relies on: files, disk growth (an overlay may be larger
-/// than its base), hostname and hosts file, SSH keys.
+/// The init-stage modules our seed relies on: the local-stage flag (`bootcmd`), files, disk
+/// growth (an overlay may be larger than its base), hostname and hosts file, SSH keys.
 const INIT_MODULES: &[&str] = &[
+    "bootcmd",
     "write-files",
     "growpart",
     "resizefs",
@@ -177,6 +178,16 @@ pub fn node_seed(
         }
     }
 
+    // Seeds are applied in cloud-init's local stage (`dsmode: local`, below), so the init
+    // stage is over before networking starts; this flag, written again on every boot, lets
+    // the image skip cloud-init's network stage (see the image's drop-in for it).
+    let dir = Path::new(INIT_DONE_LOCALLY).parent().unwrap_or(Path::new("/run"));
+    let flag = format!("mkdir -p {} && touch {INIT_DONE_LOCALLY}", dir.display());
+    match config.extra.get_mut("bootcmd") {
+        Some(serde_json::Value::Array(theirs)) => theirs.insert(0, serde_json::json!(flag)),
+        _ => config.bootcmd.push(Command::Shell(flag)),
+    }
+
     let mut ethernets = BTreeMap::new();
     ethernets.insert(
         GUEST_NIC.to_owned(),
@@ -190,6 +201,7 @@ pub fn node_seed(
     );
     let network = NetworkConfig { ethernets };
     Seed::new(&config, &node.name, Some(&network))
+        .and_then(|seed| seed.with_dsmode(DsMode::Local))
         .map_err(|source| Error::Seed { node: node.name.clone(), source })
 }
 
@@ -308,6 +320,10 @@ mod tests {
     }
 
     fn user_data(cloud_config: Option<serde_json::Value>) -> String {
+        seed_file(cloud_config, "user-data")
+    }
+
+    fn seed_file(cloud_config: Option<serde_json::Value>, name: &str) -> String {
         let dir = tempfile::tempdir().expect("tempdir");
         let client = crate::keys::ensure_key(&dir.path().join("client"), "c").expect("key");
         let host = crate::keys::ensure_key(&dir.path().join("host"), "h").expect("key");
@@ -325,8 +341,8 @@ mod tests {
         node.cloud_config = cloud_config;
         let seed = node_seed(&plan, &node, &client, &host, None).expect("seed");
         let files = seed.files();
-        let (_, ud) = files.iter().find(|(n, _)| *n == "user-data").expect("user-data");
-        String::from_utf8(ud.to_vec()).expect("utf-8")
+        let (_, file) = files.iter().find(|(n, _)| *n == name).expect("file in the seed");
+        String::from_utf8(file.to_vec()).expect("utf-8")
     }
 
     fn yaml(text: &str) -> serde_json::Value {
@@ -343,6 +359,7 @@ mod tests {
         assert!(ud["write_files"].is_array() && INIT_MODULES.contains(&"write-files"));
         assert!(ud["ssh_keys"].is_object() && INIT_MODULES.contains(&"ssh"));
         assert!(ud["hostname"].is_string() && INIT_MODULES.contains(&"set_hostname"));
+        assert!(ud["bootcmd"].is_array() && INIT_MODULES.contains(&"bootcmd"));
         // Regression: without users-groups, a default user in `users` (the image's, when the
         // key is absent) made the SSH module fail before it gave root the mesh's key.
         assert_eq!(ud["users"], serde_json::json!(["root"]));
@@ -375,5 +392,16 @@ mod tests {
         for key in ["cloud_init_modules", "cloud_config_modules", "cloud_final_modules"] {
             assert!(ud.get(key).is_none(), "{key} set");
         }
+    }
+
+    #[test]
+    fn the_init_stage_runs_locally_and_says_so_on_every_boot() {
+        let md = yaml(&seed_file(None, "meta-data"));
+        assert_eq!(md["dsmode"], "local");
+        let flag = format!("mkdir -p /run/vm-mesh && touch {INIT_DONE_LOCALLY}");
+        assert_eq!(yaml(&user_data(None))["bootcmd"], serde_json::json!([flag]));
+        // A node's own bootcmd is kept, after the flag.
+        let theirs = serde_json::json!({ "bootcmd": ["echo hi"] });
+        assert_eq!(yaml(&user_data(Some(theirs)))["bootcmd"], serde_json::json!([flag, "echo hi"]));
     }
 }

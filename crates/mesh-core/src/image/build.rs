@@ -203,6 +203,20 @@ const HOSTS: &str = "\
 ::1 localhost ip6-localhost ip6-loopback
 ";
 
+/// Where a vm-mesh seed (NoCloud `dsmode: local`) notes, each boot, that cloud-init's init
+/// stage has run in the local stage already.
+pub(crate) const INIT_DONE_LOCALLY: &str = "/run/vm-mesh/init-stage-done-locally";
+
+/// A drop-in for `cloud-init.service`, cloud-init's network stage: skipped when the init stage
+/// ran in the local stage ([`INIT_DONE_LOCALLY`]). cloud-init would find nothing left to do
+/// there, but only after starting Python and importing itself, seconds under emulation. Any
+/// other seed (the flag is absent) gets the unit as Debian ships it.
+const CLOUD_INIT_NETWORK_STAGE_DROPIN: &str = "\
+# Written by vm-mesh.
+[Unit]
+ConditionPathExists=!/run/vm-mesh/init-stage-done-locally
+";
+
 /// The files written into every rootfs, as (path, contents).
 const ROOTFS_FILES: &[(&str, &str)] = &[
     ("etc/fstab", FSTAB),
@@ -214,6 +228,7 @@ const ROOTFS_FILES: &[(&str, &str)] = &[
     ("etc/cloud/cloud.cfg.d/90_vm_mesh.cfg", CLOUD_CFG),
     ("etc/network/interfaces", NETWORK_INTERFACES),
     ("etc/ssh/sshd_config.d/10-vm-mesh.conf", SSHD_CONFIG),
+    ("etc/systemd/system/cloud-init.service.d/10-vm-mesh.conf", CLOUD_INIT_NETWORK_STAGE_DROPIN),
 ];
 
 /// The kernel arguments that find and mount the root filesystem of a built image.
@@ -638,6 +653,12 @@ fn copy(from: &Path, to: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_stage_dropin_tests_the_flag_seeds_write() {
+        let condition = format!("ConditionPathExists=!{INIT_DONE_LOCALLY}\n");
+        assert!(CLOUD_INIT_NETWORK_STAGE_DROPIN.contains(&condition));
+    }
 
     #[test]
     fn recipe_hash_follows_the_inputs() {
