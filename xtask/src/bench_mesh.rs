@@ -76,11 +76,11 @@ fn ours(mesh: &Path, repo: &Path) -> Result<Figures> {
     Ok(Figures { launched, ready, teardown })
 }
 
-fn reference(work: &Path, repo: &Path, x86: &str, arm: &str) -> Result<Figures> {
+fn reference(work: &Path, round: usize, repo: &Path, x86: &str, arm: &str) -> Result<Figures> {
     let script = crate::root().join("xtask/bench/reference-launcher.sh");
     let out = Command::new("bash")
         .arg(script)
-        .arg(work.join("reference"))
+        .arg(work.join(format!("reference-{round}")))
         .arg(repo)
         .args([x86, arm, &N_X86.to_string(), &N_AARCH.to_string()])
         .stderr(Stdio::inherit())
@@ -125,7 +125,7 @@ pub fn run(mesh: &Path, work: &Path) -> Result<()> {
     );
     let (mut mine, mut theirs) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let r = reference(work, &repo, &x86, &arm)?;
+        let r = reference(work, round, &repo, &x86, &arm)?;
         let o = ours(mesh, &repo)?;
         println!(
             "mesh run {round}: all nodes ready ours {:.1} s, reference {:.1} s (ratio {:.2})",
