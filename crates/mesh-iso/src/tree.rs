@@ -434,9 +434,11 @@ impl Listing<'_> {
 // FIXME: two things still grow. Each directory costs about 560 bytes while an image is
 // written (35 MiB peak RSS for 63,000 directories; an image holds at most 65535), more with
 // long names. And describing keeps, for every directory from the root down to the one
-// being read, its sorted names not yet visited: up to the sort memory each (4 MiB) when
-// they did not spill, so only a deep chain of directories that are each nearly that large
-// adds up. Measured: 1,000,000 entries in one directory peak at 24 MiB RSS.
+// being read, its sorted names not yet visited: in memory, halved at each level down, so at
+// most twice the sort memory plus 64 KiB a level; but a directory whose sort spilled keeps
+// up to 16 open runs with their read buffers, so only a chain of hundreds of nested
+// directories, each of more than 64 KiB of names, would add up. Measured: 1,000,000 entries
+// in one directory peak at 24 MiB RSS.
 #[derive(Debug, Clone)]
 pub struct IsoTree {
     pub(crate) nodes: Vec<Node>,
@@ -449,6 +451,9 @@ pub struct IsoTree {
     /// Bytes a sort of one directory's entries may hold in memory.
     sort_memory: usize,
 }
+
+/// The least sort memory a directory deep in a graft gets (see `IsoTree::graft`).
+const MIN_SORT_MEMORY: usize = 64 << 10;
 
 /// Default of [`IsoTree::set_sort_memory`].
 const DEFAULT_SORT_MEMORY: usize = 4 << 20;
@@ -527,7 +532,7 @@ impl IsoTree {
         let components = split_path(iso_path, true)?;
         let dir = self.ensure_dir(iso_path, &components)?;
         self.nodes[dir].set_disk_attrs(&meta);
-        self.graft(dir, iso_path.trim_matches('/'), disk_dir)?;
+        self.graft(dir, iso_path.trim_matches('/'), disk_dir, 0)?;
         // Up to half the vector is room to grow, which a large tree need not keep.
         self.nodes.shrink_to_fit();
         Ok(())
@@ -652,12 +657,24 @@ impl IsoTree {
         Ok(dir)
     }
 
-    /// Copies the entries below `disk_dir` into directory node `dir`: subdirectories as
-    /// nodes, everything else as one catalog run.
-    fn graft(&mut self, dir: NodeId, iso_dir: &str, disk_dir: &Path) -> Result<(), TreeError> {
+    /// Copies the entries below `disk_dir` into directory node `dir`, `depth` levels below
+    /// the directory the graft started at: subdirectories as nodes, everything else as one
+    /// catalog run.
+    fn graft(
+        &mut self,
+        dir: NodeId,
+        iso_dir: &str,
+        disk_dir: &Path,
+        depth: u32,
+    ) -> Result<(), TreeError> {
         let read = |source| TreeError::ReadDir { path: disk_dir.to_owned(), source };
         let sort = |source| TreeError::SortNames { path: disk_dir.to_owned(), source };
-        let mut names = Sorter::new(self.sort_memory);
+        // Each directory on the way down keeps its sorted names not yet visited while its
+        // subdirectories are read, so each level down may hold half as much as the one above
+        // it: the whole chain then holds at most twice the sort memory, plus the floor per
+        // level.
+        let memory = (self.sort_memory >> depth.min(usize::BITS - 1)).max(MIN_SORT_MEMORY);
+        let mut names = Sorter::new(memory.min(self.sort_memory));
         for entry in fs::read_dir(disk_dir).map_err(read)? {
             let entry = entry.map_err(read)?;
             let name = entry
@@ -690,7 +707,7 @@ impl IsoTree {
                     None => self.attach(dir, &name, Node::dir(0), &iso_path())?,
                 };
                 self.nodes[child].set_disk_attrs(&meta);
-                self.graft(child, &iso_path(), &path)?;
+                self.graft(child, &iso_path(), &path, depth + 1)?;
             } else if ft.is_file() {
                 if taken || self.child(dir, &name).is_some() {
                     return Err(TreeError::AlreadyExists { path: iso_path() });
