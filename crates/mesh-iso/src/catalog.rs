@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::spill::{damaged, Decoder, Encoder};
 use crate::tree::Attrs;
 
 /// Record kinds.
@@ -53,9 +54,10 @@ impl Catalog {
     /// Appends the finished chunk `run`; `continues` says whether it continues the run of
     /// the chunk stored before it for the same directory.
     pub(crate) fn append(&self, run: &RunWriter, continues: bool) -> io::Result<Run> {
-        let len = u32::try_from(run.buf.len()).map_err(io::Error::other)?;
+        let bytes = run.enc.as_bytes();
+        let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
         let offset = self.end.fetch_add(u64::from(len), Ordering::Relaxed);
-        self.file.write_all_at(&run.buf, offset)?;
+        self.file.write_all_at(bytes, offset)?;
         Ok(Run { offset, len, continues })
     }
 
@@ -84,15 +86,15 @@ impl Catalog {
 /// path, then one record per entry, all numbers little-endian.
 #[derive(Debug)]
 pub(crate) struct RunWriter {
-    buf: Vec<u8>,
+    enc: Encoder,
     records: usize,
 }
 
 impl RunWriter {
     pub(crate) fn new(disk_dir: &Path) -> Self {
-        let mut w = RunWriter { buf: Vec::new(), records: 0 };
-        w.bytes(disk_dir.as_os_str().as_bytes());
-        w
+        let mut enc = Encoder::default();
+        enc.bytes(disk_dir.as_os_str().as_bytes());
+        RunWriter { enc, records: 0 }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -101,37 +103,30 @@ impl RunWriter {
 
     /// Bytes encoded so far, header included.
     pub(crate) fn len(&self) -> usize {
-        self.buf.len()
+        self.enc.as_bytes().len()
     }
 
     pub(crate) fn file(&mut self, name: &str, size: u64, attrs: &Attrs) {
         self.header(KIND_FILE, name, attrs);
-        self.buf.extend_from_slice(&size.to_le_bytes());
+        self.enc.u64(size);
     }
 
     pub(crate) fn symlink(&mut self, name: &str, target: &str, attrs: &Attrs) {
         self.header(KIND_SYMLINK, name, attrs);
-        self.bytes(target.as_bytes());
+        self.enc.str(target);
     }
 
+    /// Names are at most 255 bytes, link targets and disk paths at most 4095 (checked when
+    /// the tree is described), so the encoder's 16-bit lengths are enough.
     fn header(&mut self, kind: u8, name: &str, attrs: &Attrs) {
         self.records += 1;
-        self.buf.push(kind);
-        self.bytes(name.as_bytes());
+        self.enc.u8(kind);
+        self.enc.str(name);
         for v in [attrs.mode, attrs.uid, attrs.gid, attrs.serial] {
-            self.buf.extend_from_slice(&v.to_le_bytes());
+            self.enc.u32(v);
         }
         // Disk entries always have a time; `None` is only for entries made in memory.
-        let mtime = attrs.mtime.unwrap_or(0);
-        self.buf.extend_from_slice(&mtime.to_le_bytes());
-    }
-
-    /// A length-prefixed byte string; names are at most 255 bytes, link targets and disk
-    /// paths at most 4095 (checked when the tree is described), so 16 bits are enough.
-    fn bytes(&mut self, b: &[u8]) {
-        let len = u16::try_from(b.len()).expect("names, targets and paths fit in 64 KiB");
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(b);
+        self.enc.i64(attrs.mtime.unwrap_or(0));
     }
 }
 
@@ -160,12 +155,12 @@ pub(crate) struct RunReader {
 
 impl RunReader {
     fn new(buf: Vec<u8>) -> io::Result<Self> {
-        let mut at = 0;
-        take_bytes(&buf, &mut at)?;
+        let mut d = Decoder::new(&buf);
+        d.bytes()?;
         let mut records = Vec::new();
-        while at < buf.len() {
-            records.push(at as u32);
-            decode(&buf, &mut at)?;
+        while d.remaining() > 0 {
+            records.push((buf.len() - d.remaining()) as u32);
+            decode(&mut d)?;
         }
         Ok(RunReader { buf, records })
     }
@@ -177,48 +172,22 @@ impl RunReader {
 
     /// Record `i`, in the order they were written (by name).
     pub(crate) fn record(&self, i: usize) -> Record<'_> {
-        let mut at = self.records[i] as usize;
-        decode(&self.buf, &mut at).expect("records are checked when the chunk is read")
+        let mut d = Decoder::new(&self.buf[self.records[i] as usize..]);
+        decode(&mut d).expect("records are checked when the chunk is read")
     }
 }
 
-fn decode<'r>(buf: &'r [u8], at: &mut usize) -> io::Result<Record<'r>> {
-    let kind = take(buf, at, 1)?[0];
-    let name = utf8(take_bytes(buf, at)?)?;
-    let mut u32s = [0u32; 4];
-    for v in &mut u32s {
-        *v = u32::from_le_bytes(take(buf, at, 4)?.try_into().expect("took 4 bytes"));
-    }
-    let [mode, uid, gid, serial] = u32s;
-    let mtime = i64::from_le_bytes(take(buf, at, 8)?.try_into().expect("took 8 bytes"));
-    let attrs = Attrs { mode, uid, gid, mtime: Some(mtime), serial };
+fn decode<'r>(d: &mut Decoder<'r>) -> io::Result<Record<'r>> {
+    let kind = d.u8()?;
+    let name = d.str()?;
+    let (mode, uid, gid, serial) = (d.u32()?, d.u32()?, d.u32()?, d.u32()?);
+    let attrs = Attrs { mode, uid, gid, mtime: Some(d.i64()?), serial };
     let kind = match kind {
-        KIND_FILE => RecordKind::File {
-            size: u64::from_le_bytes(take(buf, at, 8)?.try_into().expect("took 8 bytes")),
-        },
-        KIND_SYMLINK => RecordKind::Symlink { target: utf8(take_bytes(buf, at)?)? },
+        KIND_FILE => RecordKind::File { size: d.u64()? },
+        KIND_SYMLINK => RecordKind::Symlink { target: d.str()? },
         _ => return Err(damaged()),
     };
     Ok(Record { name, kind, attrs })
-}
-
-fn take<'r>(buf: &'r [u8], at: &mut usize, n: usize) -> io::Result<&'r [u8]> {
-    let bytes = buf.get(*at..*at + n).ok_or_else(damaged)?;
-    *at += n;
-    Ok(bytes)
-}
-
-fn take_bytes<'r>(buf: &'r [u8], at: &mut usize) -> io::Result<&'r [u8]> {
-    let len = u16::from_le_bytes(take(buf, at, 2)?.try_into().expect("took 2 bytes"));
-    take(buf, at, usize::from(len))
-}
-
-fn utf8(b: &[u8]) -> io::Result<&str> {
-    std::str::from_utf8(b).map_err(|_| damaged())
-}
-
-fn damaged() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, "damaged record in the temporary catalog")
 }
 
 #[cfg(test)]
@@ -272,10 +241,11 @@ mod tests {
     fn a_damaged_run_is_an_error_when_read_not_a_panic_later() {
         let mut run = RunWriter::new(Path::new("/d"));
         run.file("f", 1, &attrs(1));
-        let cut = run.buf[..run.buf.len() - 3].to_vec();
+        let bytes = run.enc.as_bytes();
+        let cut = bytes[..bytes.len() - 3].to_vec();
         let err = RunReader::new(cut).expect_err("truncated record");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        let mut bad_name = run.buf.clone();
+        let mut bad_name = bytes.to_vec();
         let name_at = bad_name.len() - 8 - 8 - 16 - 1;
         bad_name[name_at] = 0xff;
         assert!(RunReader::new(bad_name).is_err());

@@ -73,6 +73,11 @@ impl Encoder {
         self.bytes(s.as_bytes());
     }
 
+    /// The bytes encoded so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Appends `value` as a record: its length, then its encoding.
     fn record<T: Spill>(&mut self, value: &T) {
         let at = self.buf.len();
@@ -91,6 +96,16 @@ pub(crate) struct Decoder<'b> {
 }
 
 impl<'b> Decoder<'b> {
+    /// Reads from the start of `buf`.
+    pub(crate) fn new(buf: &'b [u8]) -> Self {
+        Decoder { buf }
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     fn take(&mut self, n: usize) -> io::Result<&'b [u8]> {
         if self.buf.len() < n {
             return Err(damaged());
@@ -121,8 +136,13 @@ impl<'b> Decoder<'b> {
         self.take(usize::from(len))
     }
 
+    /// A string borrowed from the buffer.
+    pub(crate) fn str(&mut self) -> io::Result<&'b str> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| damaged())
+    }
+
     pub(crate) fn string(&mut self) -> io::Result<String> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| damaged())
+        self.str().map(str::to_owned)
     }
 }
 
