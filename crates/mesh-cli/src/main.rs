@@ -1001,18 +1001,11 @@ fn seed(args: SeedArgs) -> Result<ExitCode> {
         SeedFormat::Iso => seed.write_iso_at(&out, timestamp)?,
         SeedFormat::Vfat => seed.write_vfat(&out)?,
     }
-    // Say so when the seed does not hold the input byte for byte (a byte-order mark, leading
-    // blank lines or CRLF line endings are normalised rather than rejected).
-    let inputs = [("user-data", Some(&ud)), ("vendor-data", vd.as_ref())];
-    for (name, written) in seed.files() {
-        if let Some((_, Some(input))) = inputs.iter().find(|(n, _)| *n == name) {
-            if written != input.as_slice() {
-                eprintln!(
-                    "note: {name} normalised (byte-order mark, leading blank lines or CRLF line \
-                     endings removed)"
-                );
-            }
-        }
+    for name in seed.normalised() {
+        eprintln!(
+            "note: {name} normalised (byte-order mark, leading blank lines or CRLF line endings \
+             removed)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,6 +121,8 @@ pub struct Seed {
     local_hostname: Option<String>,
     /// meta-data's `dsmode`, for seeds built by [`Seed::new`].
     dsmode: Option<DsMode>,
+    /// The supplied documents the seed does not hold byte for byte.
+    normalised: Vec<&'static str>,
 }
 
 impl Seed {
@@ -147,6 +149,7 @@ impl Seed {
             instance_id: String::new(),
             local_hostname: Some(local_hostname.to_owned()),
             dsmode: None,
+            normalised: Vec::new(),
         };
         seed.derive_meta_data()?;
         Ok(seed)
@@ -163,14 +166,25 @@ impl Seed {
         network_config: Option<&[u8]>,
         vendor_data: Option<&[u8]>,
     ) -> Result<Self, SeedError> {
+        let supplied_user_data = user_data;
         let user_data = parse_user_data(user_data).map_err(SeedError::CheckUserData)?;
         let instance_id = validate_meta_data(meta_data).map_err(SeedError::CheckMetaData)?;
         if let Some(network_config) = network_config {
             validate_network_config(network_config).map_err(SeedError::CheckNetworkConfig)?;
         }
-        let vendor_data = vendor_data
+        let parsed_vendor_data = vendor_data
             .map(|v| parse_user_data(v).map_err(SeedError::CheckVendorData))
             .transpose()?;
+        let mut normalised = Vec::new();
+        if user_data.as_bytes() != supplied_user_data {
+            normalised.push("user-data");
+        }
+        if let (Some(parsed), Some(supplied)) = (&parsed_vendor_data, vendor_data) {
+            if parsed.as_bytes() != supplied {
+                normalised.push("vendor-data");
+            }
+        }
+        let vendor_data = parsed_vendor_data;
 
         Ok(Seed {
             user_data: user_data.as_bytes().to_vec(),
@@ -180,6 +194,7 @@ impl Seed {
             instance_id,
             local_hostname: None,
             dsmode: None,
+            normalised,
         })
     }
 
@@ -202,6 +217,13 @@ impl Seed {
             self.derive_meta_data()?;
         }
         Ok(self)
+    }
+
+    /// The supplied documents (`user-data`, `vendor-data`) that the seed holds normalised
+    /// rather than byte for byte: a byte-order mark, leading blank lines or CRLF line endings
+    /// removed, as [`parse_user_data`] describes.
+    pub fn normalised(&self) -> &[&'static str] {
+        &self.normalised
     }
 
     /// The instance-id written in (or read from) meta-data.
@@ -467,6 +489,16 @@ mod tests {
         let seed = Seed::new(&config("true"), "n1", None).expect("valid");
         let id = validate_meta_data(&seed.meta_data).expect("our meta-data validates");
         assert_eq!(id, seed.instance_id());
+    }
+
+    #[test]
+    fn from_files_names_the_documents_it_normalised() {
+        let md = b"instance-id: a\n";
+        let seed = Seed::from_files(b"#!/bin/sh\n", md, None, Some(b"#!/bin/sh\n")).expect("ok");
+        assert!(seed.normalised().is_empty());
+        let seed =
+            Seed::from_files(b"#!/bin/sh\r\n", md, None, Some(b"\n#!/bin/sh\n")).expect("ok");
+        assert_eq!(seed.normalised(), ["user-data", "vendor-data"]);
     }
 
     #[test]
