@@ -242,19 +242,13 @@ fn bench_iso(mesh: &Path, work: &Path) -> Result<()> {
     let many = work.join("iso-many");
     println!("iso: writing a 200,000-entry tree of empty files (peak RSS only) ...");
     make_empty_tree(&many, 200_000)?;
-    let big =
-        measure(Command::new(mesh).arg("iso").arg(&out).arg(&many).args(["--label", "MANY"]))?;
-    rss_line("iso 200k empty files", big);
-    let _ = std::fs::remove_dir_all(&many);
+    rss_only(mesh, &out, &many, "iso 200k empty files")?;
 
     // Nor with the size of one directory.
     let flat = work.join("iso-flat");
     println!("iso: writing one directory of 1,000,000 empty files (peak RSS only) ...");
     make_flat_dir(&flat, 1_000_000)?;
-    let huge =
-        measure(Command::new(mesh).arg("iso").arg(&out).arg(&flat).args(["--label", "FLAT"]))?;
-    rss_line("iso 1M files in one dir", huge);
-    let _ = std::fs::remove_dir_all(&flat);
+    rss_only(mesh, &out, &flat, "iso 1M files in one dir")?;
 
     println!(
         "iso goals: ratio <= 1.00 against genisoimage, peak RSS < 65536 KiB for all three trees"
@@ -263,13 +257,18 @@ fn bench_iso(mesh: &Path, work: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A line of a run measured for its peak RSS only.
-fn rss_line(name: &str, sample: Sample) {
+/// Writes an image of `tree` to `out` once, prints its time and peak RSS as the line `name`,
+/// and removes the tree.
+fn rss_only(mesh: &Path, out: &Path, tree: &Path, name: &str) -> Result<()> {
+    let sample =
+        measure(Command::new(mesh).arg("iso").arg(out).arg(tree).args(["--label", "RSS"]))?;
+    let _ = std::fs::remove_dir_all(tree);
     println!(
         "{name:<28} ours {:>9.1} ms  rss ours {:>7} KiB",
         sample.wall.as_secs_f64() * 1e3,
         sample.max_rss_kib
     );
+    Ok(())
 }
 
 /// `files` empty files in the single directory `dir`.

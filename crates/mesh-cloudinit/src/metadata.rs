@@ -29,6 +29,16 @@ pub enum DsMode {
     Net,
 }
 
+impl DsMode {
+    /// The word meta-data holds.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DsMode::Local => "local",
+            DsMode::Net => "net",
+        }
+    }
+}
+
 /// The meta-data document.
 ///
 /// # Examples

@@ -294,10 +294,8 @@ impl Seed {
             ("vendor-data", self.vendor_data.as_deref()),
         ];
         // Only when set, so that seeds without it keep the ids they always had.
-        match self.dsmode {
-            Some(DsMode::Local) => fields.push(("dsmode", Some(b"local"))),
-            Some(DsMode::Net) => fields.push(("dsmode", Some(b"net"))),
-            None => {}
+        if let Some(mode) = self.dsmode {
+            fields.push(("dsmode", Some(mode.as_str().as_bytes())));
         }
         for (name, contents) in fields {
             // Length-prefixed so that moving bytes between files changes the hash.
