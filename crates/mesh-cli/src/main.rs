@@ -289,14 +289,22 @@ enum AccelArg {
 /// entry point does what of that start the tool needs (standard descriptors open, SIGPIPE at
 /// its default, panics turned into exit status 101, standard output flushed at the end) and
 /// leaves out the rest; the one visible difference is that a stack overflow ends the process
-/// with SIGSEGV without the runtime's one-line explanation. Arguments still come from
-/// `std::env::args_os`, which glibc hands to the standard library before `main` runs.
+/// with SIGSEGV without the runtime's one-line explanation. The arguments are read from
+/// `argv` here: `std::env::args_os` is empty without the runtime's start on musl, whose C
+/// library (unlike glibc) does not hand them to the standard library before `main`.
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
     open_standard_fds();
-    let status = match std::panic::catch_unwind(run) {
+    let count = usize::try_from(argc).unwrap_or(0);
+    let args: Vec<std::ffi::OsString> = (0..count)
+        // SAFETY: the C runtime passes `argc` valid pointers to NUL-terminated strings.
+        .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) })
+        .map(|arg| std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
+        .collect();
+    let status = match std::panic::catch_unwind(|| run(args)) {
         Ok(code) => exit_status(code),
         Err(_) => 101,
     };
@@ -329,7 +337,7 @@ fn open_standard_fds() {
 
 /// The whole command: its exit code.
 #[cfg_attr(test, allow(dead_code))]
-fn run() -> ExitCode {
+fn run(argv: Vec<std::ffi::OsString>) -> ExitCode {
     // Output piped into `head` must end quietly, as for any Unix tool, not panic.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe {
@@ -337,7 +345,6 @@ fn run() -> ExitCode {
     }
     // `mesh seed` in its plain form skips clap (see `seed_args`); anything else about it,
     // help and errors included, goes through the whole command line parser below.
-    let argv: Vec<_> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "seed") {
         if let Some((verbose, args)) = seed_args::plain(&argv[2..]) {
             quiet_logging(verbose);

@@ -41,6 +41,8 @@
 
 mod base64;
 mod config;
+mod libyaml;
+mod load;
 mod metadata;
 mod mime;
 mod network;

@@ -10,12 +10,15 @@
 //! `tests/yaml_roundtrip.rs`, which must keep passing before the library or its options
 //! change). serde_yaml and its forks were seen writing `yes`, `on`, `12:30` and `<<` plain.
 //!
-//! For input, serde-saphyr's reader is used strictly: duplicate keys, several documents and
-//! tabs in indentation are errors, because PyYAML either rejects them or silently keeps the
-//! last value, and cloud-init then skips the whole config without failing the boot.
+//! Input goes through libyaml and PyYAML's loading rules (see [`load`]), strictly:
+//! duplicate keys, several documents and tabs in indentation are errors, because PyYAML either
+//! rejects them or silently keeps the last value, and cloud-init then skips the whole config
+//! without failing the boot.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+pub use crate::load::{load, LoadError, MAX_VALUES};
 
 /// What went wrong while writing or reading a YAML document.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +40,13 @@ pub enum YamlError {
         /// 1-based line number.
         line: usize,
     },
-    /// The text is not valid YAML.
-    #[error("{document} is not valid YAML: {}", parser_message(error))]
+    /// The text is not valid YAML, or not YAML that cloud-init reads as one document.
+    #[error("{document} is not valid YAML: {error}")]
     Parse {
         /// The document being read.
         document: &'static str,
-        /// What the parser reported (it names the line and column).
-        error: Box<serde_saphyr::Error>,
+        /// What is wrong, and its line and column.
+        error: LoadError,
     },
     /// The document parsed but its top level is not a mapping.
     #[error("{document} must be a YAML mapping at the top level, found {found}")]
@@ -73,25 +76,14 @@ pub(crate) fn parse_mapping(
     text: &str,
 ) -> Result<Map<String, Value>, YamlError> {
     check_tab_indentation(document, text)?;
-
-    let mut options = serde_saphyr::Options::default();
-    options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::Error;
-    // The snippet would quote the offending line, which may hold a password or a key.
-    options.with_snippet = false;
-    let value: Value = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|error| YamlError::Parse { document, error: Box::new(error) })?;
+    // The error names line and column but never quotes the line, which may hold a secret.
+    let value = load(text).map_err(|error| YamlError::Parse { document, error })?;
 
     match value {
         Value::Object(map) => Ok(map),
         Value::Null => Ok(Map::new()),
         other => Err(YamlError::NotAMapping { document, found: kind_of(&other) }),
     }
-}
-
-/// The parser's report without its advice on parser options, which speaks to the
-/// programmer who set them (duplicate keys are refused on purpose), not to the user.
-fn parser_message(error: &serde_saphyr::Error) -> String {
-    error.to_string().replace(", set DuplicateKeyPolicy in Options if acceptable", "")
 }
 
 /// Rejects tabs in the indentation of any line outside a block scalar.

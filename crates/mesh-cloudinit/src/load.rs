@@ -1,0 +1,715 @@
+//! YAML in: user-supplied documents read the way cloud-init's `yaml.safe_load` reads them.
+//!
+//! The text is parsed by libyaml (its Rust translation, `unsafe-libyaml`, behind the safe
+//! [`crate::libyaml`] reader). libyaml is the YAML 1.1
+//! parser behind PyYAML's C loader, and PyYAML's pure-Python parser, which cloud-init uses, is a
+//! line-by-line port of it, so both accept and refuse the same texts. The parser's events are
+//! built into JSON values here by the rules of PyYAML's `SafeLoader`:
+//! - a plain scalar without a tag is resolved by YAML 1.1: `yes`/`on`/`off` are booleans,
+//!   `0755` is octal, `12:30` is the base-60 number 750, `1e3` (no exponent sign) is a string,
+//!   `~`, `null` and nothing are null; quoted scalars and the `!` tag keep strings;
+//! - the standard tags (`!!str`, `!!int`, `!!float`, `!!bool`, `!!null`, `!!binary`,
+//!   `!!timestamp`, `!!seq`, `!!map`, `!!set`, `!!omap`, `!!pairs`) are honoured; any other tag
+//!   is refused, as `safe_load` refuses it;
+//! - `<<` merge keys, anchors and aliases work; an undefined alias, a repeated anchor and a
+//!   list or mapping used as a key are refused.
+//!
+//! Stricter than PyYAML on purpose: a key repeated in one mapping is an error (PyYAML keeps the
+//! last value without a word), a second document is an error (so does `safe_load`), and so is
+//! a document whose aliases would expand to more than [`MAX_VALUES`] values or that refers to
+//! itself (PyYAML shares such nodes; JSON values cannot).
+//!
+//! FIXME: libyaml reads `[{1: []}, ? ]]` (an empty explicit key in brackets, then a stray
+//! `]`), which PyYAML refuses; the comparison with PyYAML found it once in 500,000 generated
+//! texts. It matters only for hand-written flow YAML with `?` keys, which cloud-config does not
+//! use.
+//!
+//! Values that JSON cannot hold are mapped: timestamps and `!!binary` stay the strings written,
+//! integers beyond 64 bits become floats, and `.inf`/`.nan` become null.
+
+use std::collections::HashMap;
+
+use crate::libyaml::{Event, Mark, ParseError, Parser};
+use serde_json::{Map, Number, Value};
+
+/// The most values a document may hold once its aliases are expanded.
+pub const MAX_VALUES: usize = 1 << 20;
+
+/// Why a document was refused: what, and where (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// 1-based line of the offending token.
+    pub line: u64,
+    /// 1-based column of the offending token.
+    pub column: u64,
+    /// What is wrong, in words.
+    pub message: String,
+    /// Whether libyaml's parser refused the text (else the loading rules here did).
+    pub syntax: bool,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+fn error_at(mark: Mark, message: impl Into<String>) -> LoadError {
+    LoadError {
+        line: mark.line + 1,
+        column: mark.column + 1,
+        message: message.into(),
+        syntax: false,
+    }
+}
+
+/// Reads the single YAML document in `text` (none gives `Value::Null`).
+pub fn load(text: &str) -> Result<Value, LoadError> {
+    let mut parser = Parser::new(text);
+    let mut builder = Builder::default();
+    let has_tab = text.contains('\t');
+    let mut documents = 0usize;
+    loop {
+        let (event, mark) = parser.next().map_err(parse_error)?;
+        match event {
+            Event::StreamStart | Event::DocumentEnd => {}
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                documents += 1;
+                if documents > 1 {
+                    return Err(error_at(
+                        mark,
+                        "a second document starts here; cloud-init reads exactly one",
+                    ));
+                }
+                builder.anchors.clear();
+            }
+            Event::Alias { anchor } => {
+                let Some((value, size)) = builder.anchors.get(&anchor) else {
+                    let message = if builder.defined.contains(&anchor) {
+                        format!("alias *{anchor} is inside the node it names (a value that contains itself)")
+                    } else {
+                        format!("alias *{anchor} names no anchor defined before it")
+                    };
+                    return Err(error_at(mark, message));
+                };
+                builder.expanded += size;
+                if builder.expanded > MAX_VALUES {
+                    return Err(error_at(
+                        mark,
+                        format!("aliases expand the document past {MAX_VALUES} values"),
+                    ));
+                }
+                let node = Node { value: value.clone(), size: *size, kind: Kind::Other };
+                builder.complete(node, mark)?;
+            }
+            Event::Scalar { anchor, tag, value, plain_implicit, plain, block, span } => {
+                check_tag_end(text, tag.as_deref(), builder.flow, mark)?;
+                let content = content_start(text, span.start);
+                if block {
+                    check_block_header(text, content, mark)?;
+                }
+                if !plain && has_tab {
+                    builder.tab_safe.push(content..span.end);
+                }
+                if builder.flow > 0 && plain && value.contains('?') {
+                    // PyYAML's scanner ends a plain scalar at `?` inside brackets or braces
+                    // (libyaml's does not), and the `?` left over is then out of place.
+                    return Err(error_at(
+                        mark,
+                        "`?` inside an unquoted value in brackets or braces; quote the value",
+                    ));
+                }
+                // The tag `!` means "resolve by content", also on a node that is only `!`
+                // (where libyaml does not set `plain_implicit`).
+                let plain_implicit = plain_implicit || tag.as_deref() == Some("!");
+                let resolved = scalar(&value, tag.as_deref(), plain_implicit, mark)?;
+                // PyYAML resolves what libyaml marks `plain_implicit` (plain, or tagged `!`).
+                let kind = if plain_implicit {
+                    Kind::Plain(value)
+                } else if tag.as_deref() == Some(MERGE_TAG) {
+                    Kind::Plain("<<".to_owned())
+                } else {
+                    Kind::Other
+                };
+                builder.define(anchor.as_deref(), mark)?;
+                let node = Node { value: resolved, size: 1, kind };
+                builder.finish(anchor, node, mark)?;
+            }
+            Event::SequenceStart { anchor, tag, flow } => {
+                check_tag_end(text, tag.as_deref(), builder.flow, mark)?;
+                collection_tag(tag.as_deref(), &["seq", "omap", "pairs"], mark)?;
+                builder.define(anchor.as_deref(), mark)?;
+                builder.flow += usize::from(flow);
+                builder.stack.push(Frame::Seq { anchor, items: Vec::new(), size: 1, mark, flow });
+            }
+            Event::MappingStart { anchor, tag, flow } => {
+                check_tag_end(text, tag.as_deref(), builder.flow, mark)?;
+                collection_tag(tag.as_deref(), &["map", "set"], mark)?;
+                builder.define(anchor.as_deref(), mark)?;
+                builder.flow += usize::from(flow);
+                builder.stack.push(Frame::Map(Box::new(MapFrame {
+                    flow,
+                    anchor,
+                    mark,
+                    entries: Map::new(),
+                    merges: Vec::new(),
+                    key: None,
+                    size: 1,
+                })));
+            }
+            Event::SequenceEnd => {
+                let Some(Frame::Seq { anchor, items, size, mark: start, flow }) =
+                    builder.stack.pop()
+                else {
+                    return Err(error_at(mark, "unbalanced end of a list"));
+                };
+                builder.flow -= usize::from(flow);
+                let node = Node { value: Value::Array(items), size, kind: Kind::Other };
+                builder.finish(anchor, node, start)?;
+            }
+            Event::MappingEnd => {
+                let Some(Frame::Map(frame)) = builder.stack.pop() else {
+                    return Err(error_at(mark, "unbalanced end of a mapping"));
+                };
+                let MapFrame { anchor, mark: start, entries, merges, size, flow, .. } = *frame;
+                builder.flow -= usize::from(flow);
+                let value = if merges.is_empty() {
+                    Value::Object(entries)
+                } else {
+                    // PyYAML: merged entries first (later merge keys, and earlier mappings of
+                    // one merge list, take precedence), the mapping's own entries over them.
+                    let mut merged = Map::new();
+                    for source in merges.into_iter().chain([entries]) {
+                        merged.extend(source);
+                    }
+                    Value::Object(merged)
+                };
+                builder.finish(anchor, Node { value, size, kind: Kind::Other }, start)?;
+            }
+        }
+    }
+    if has_tab {
+        check_tabs(text, &builder.tab_safe)?;
+    }
+    Ok(builder.root.unwrap_or(Value::Null))
+}
+
+/// Refuses a tag written with `%` escapes (libyaml hands a decoded NUL on as the end of the
+/// tag), and a tag followed directly by `,` inside brackets or braces: libyaml ends the tag
+/// there, PyYAML reads the comma as part of the tag's name (and then knows no such tag).
+fn check_tag_end(text: &str, tag: Option<&str>, flow: usize, mark: Mark) -> Result<(), LoadError> {
+    if tag.is_none() {
+        return Ok(());
+    }
+    let bytes = text.as_bytes();
+    let mut at = mark.index;
+    while at < bytes.len() && matches!(bytes[at], b'!' | b'&') {
+        let is_tag = bytes[at] == b'!';
+        let start = at;
+        while at < bytes.len() && !matches!(bytes[at], b' ' | b'\t' | b'\r' | b'\n' | b',') {
+            at += 1;
+        }
+        if is_tag && bytes[start..at].contains(&b'%') {
+            return Err(error_at(mark, "a tag written with `%` escapes; spell it out"));
+        }
+        if is_tag && flow > 0 && bytes.get(at) == Some(&b',') {
+            return Err(error_at(mark, "a tag directly before `,`; put a space between them"));
+        }
+        while at < bytes.len() && matches!(bytes[at], b' ' | b'\t' | b'\r' | b'\n') {
+            at += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a block scalar header (`|`, `>-`, `|2`, ...) followed by anything but a space or
+/// a line break: libyaml reads `|#x` as a header and a comment, PyYAML refuses it.
+fn check_block_header(text: &str, at: usize, mark: Mark) -> Result<(), LoadError> {
+    let after = text.as_bytes().get(at + 1..).unwrap_or_default();
+    let indicators = after.iter().take(2).take_while(|b| matches!(b, b'+' | b'-' | b'0'..=b'9'));
+    match after.get(indicators.count()) {
+        None | Some(b' ' | b'\r' | b'\n') => Ok(()),
+        Some(_) => Err(error_at(
+            mark,
+            "a block scalar's `|` or `>` (and its indicators) must be followed by a space or \
+             the line's end",
+        )),
+    }
+}
+
+/// Where a scalar's content (its opening quote or block header) starts: past its tag and
+/// anchor, if any, and the blanks after them.
+fn content_start(text: &str, mut at: usize) -> usize {
+    let bytes = text.as_bytes();
+    let blank = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    while at < bytes.len() && matches!(bytes[at], b'!' | b'&') {
+        while at < bytes.len() && !blank(bytes[at]) {
+            at += 1;
+        }
+        while at < bytes.len() && blank(bytes[at]) {
+            at += 1;
+        }
+    }
+    at
+}
+
+/// Refuses a tab outside quotes, block scalars and comments. libyaml takes a tab there for a
+/// space; PyYAML's pure-Python scanner, the one cloud-init runs, stops at it ("found character
+/// '\t' that cannot start any token"), between tokens and inside unquoted values alike.
+fn check_tabs(text: &str, tab_safe: &[std::ops::Range<usize>]) -> Result<(), LoadError> {
+    let safe = |at: usize| tab_safe.iter().any(|r| r.contains(&at));
+    let mut line_start = 0;
+    for (line_index, line) in text.split_inclusive('\n').enumerate() {
+        let mut comment = false;
+        for (offset, byte) in line.bytes().enumerate() {
+            let at = line_start + offset;
+            let after_blank = offset == 0 || matches!(line.as_bytes()[offset - 1], b' ' | b'\t');
+            if byte == b'#' && after_blank && !safe(at) {
+                comment = true;
+            }
+            if byte == b'\t' && !comment && !safe(at) {
+                let column = line[..offset].chars().count() as u64 + 1;
+                return Err(LoadError {
+                    line: line_index as u64 + 1,
+                    column,
+                    message: "a tab outside quotes, a block scalar or a comment; cloud-init's \
+                              reader refuses it there (use spaces, or quote the value)"
+                        .to_owned(),
+                    syntax: false,
+                });
+            }
+        }
+        line_start += line.len();
+    }
+    Ok(())
+}
+
+/// The tag a plain `<<` resolves to.
+const MERGE_TAG: &str = "tag:yaml.org,2002:merge";
+/// The prefix of the standard tags (`!!int` is `tag:yaml.org,2002:int`).
+const STANDARD: &str = "tag:yaml.org,2002:";
+
+fn parse_error(error: ParseError) -> LoadError {
+    let message = match error.context {
+        Some(context) => format!("{} {context}", error.problem),
+        None => error.problem,
+    };
+    LoadError { syntax: true, ..error_at(error.mark, message) }
+}
+
+/// A finished node: its value, how many values it holds, and what a mapping key needs to know.
+struct Node {
+    value: Value,
+    size: usize,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A scalar PyYAML resolves by its text (plain, or tagged `!`): the text as written.
+    Plain(String),
+    /// Any other node.
+    Other,
+}
+
+enum Frame {
+    Seq { anchor: Option<String>, items: Vec<Value>, size: usize, mark: Mark, flow: bool },
+    Map(Box<MapFrame>),
+}
+
+struct MapFrame {
+    anchor: Option<String>,
+    mark: Mark,
+    entries: Map<String, Value>,
+    /// Merge sources, lowest precedence first.
+    merges: Vec<Map<String, Value>>,
+    /// The key read, waiting for its value: `None` as the key of a merge.
+    key: Option<(Option<String>, Mark)>,
+    size: usize,
+    /// Written in braces.
+    flow: bool,
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: HashMap<String, (Value, usize)>,
+    /// Anchors whose node has started: defined, and usable once finished.
+    defined: Vec<String>,
+    expanded: usize,
+    /// Byte ranges of quoted and block scalars, where a tab is content.
+    tab_safe: Vec<std::ops::Range<usize>>,
+    /// How many brackets and braces the current node is inside.
+    flow: usize,
+    root: Option<Value>,
+}
+
+impl Builder {
+    /// Records that `anchor` is defined here; PyYAML refuses a second definition.
+    fn define(&mut self, anchor: Option<&str>, mark: Mark) -> Result<(), LoadError> {
+        if let Some(anchor) = anchor {
+            if self.defined.iter().any(|a| a == anchor) {
+                return Err(error_at(mark, format!("anchor &{anchor} is defined twice")));
+            }
+            self.defined.push(anchor.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Stores a finished anchored node and hands it to its parent.
+    fn finish(&mut self, anchor: Option<String>, node: Node, mark: Mark) -> Result<(), LoadError> {
+        if let Some(anchor) = anchor {
+            self.anchors.insert(anchor, (node.value.clone(), node.size));
+        }
+        self.complete(node, mark)
+    }
+
+    /// Hands a finished node to the collection it is in (or makes it the document).
+    fn complete(&mut self, node: Node, mark: Mark) -> Result<(), LoadError> {
+        let is_value = !matches!(self.stack.last(), Some(Frame::Map(f)) if f.key.is_none());
+        if let (true, Kind::Plain(text)) = (is_value, &node.kind) {
+            if text == "=" || text == "<<" {
+                // YAML 1.1's `value` and `merge` keys: PyYAML reads them as keys but has no
+                // way to build either as a value.
+                return Err(error_at(
+                    mark,
+                    format!("a plain `{text}` cannot be a value; quote it"),
+                ));
+            }
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node.value),
+            Some(Frame::Seq { items, size, .. }) => {
+                *size += node.size;
+                items.push(node.value);
+            }
+            Some(Frame::Map(frame)) => {
+                frame.size += node.size;
+                match frame.key.take() {
+                    None => frame.key = Some((map_key(node, mark)?, mark)),
+                    Some((None, key_mark)) => {
+                        frame.merges.extend(merge_sources(node.value, key_mark)?);
+                    }
+                    Some((Some(key), key_mark)) => {
+                        if frame.entries.contains_key(&key) {
+                            return Err(error_at(
+                                key_mark,
+                                format!("key {key:?} appears twice in one mapping"),
+                            ));
+                        }
+                        frame.entries.insert(key, node.value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A mapping key as a string (`None` for the merge key `<<`). A key that resolves to a number,
+/// boolean or null is spelt as JSON spells it (`0x1F` is `31`, `yes` is `true`), as Python's
+/// `json.dumps` spells such keys of what PyYAML read.
+fn map_key(node: Node, mark: Mark) -> Result<Option<String>, LoadError> {
+    if matches!(&node.kind, Kind::Plain(text) if text == "<<") {
+        return Ok(None);
+    }
+    match node.value {
+        Value::Array(_) | Value::Object(_) => {
+            Err(error_at(mark, "a list or mapping is used as a key (PyYAML refuses such keys)"))
+        }
+        Value::String(text) => Ok(Some(text)),
+        other => Ok(Some(other.to_string())),
+    }
+}
+
+/// The mappings a merge key's value contributes, lowest precedence first.
+fn merge_sources(value: Value, mark: Mark) -> Result<Vec<Map<String, Value>>, LoadError> {
+    let refuse = || error_at(mark, "a merge key (<<) takes a mapping or a list of mappings");
+    match value {
+        Value::Object(map) => Ok(vec![map]),
+        Value::Array(items) => {
+            let mut maps = items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(map) => Ok(map),
+                    _ => Err(refuse()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            maps.reverse();
+            Ok(maps)
+        }
+        _ => Err(refuse()),
+    }
+}
+
+/// Refuses a collection tag `safe_load` has no constructor for.
+fn collection_tag(tag: Option<&str>, standard: &[&str], mark: Mark) -> Result<(), LoadError> {
+    match tag {
+        None | Some("!") => Ok(()),
+        Some(tag) if tag.strip_prefix(STANDARD).is_some_and(|t| standard.contains(&t)) => Ok(()),
+        Some(tag) => Err(error_at(mark, format!("tag {tag} cannot be on a list or mapping"))),
+    }
+}
+
+/// The value of a scalar, by its tag or (when `implicit`) by YAML 1.1's resolution rules.
+fn scalar(text: &str, tag: Option<&str>, implicit: bool, mark: Mark) -> Result<Value, LoadError> {
+    if implicit {
+        return Ok(resolve(text));
+    }
+    let Some(tag) = tag.filter(|t| *t != "!") else {
+        return Ok(Value::String(text.to_owned()));
+    };
+    let wrong = |kind: &str| error_at(mark, format!("{text:?} is not {kind} (tag {tag})"));
+    match tag.strip_prefix(STANDARD) {
+        Some("str" | "binary" | "timestamp") => Ok(Value::String(text.to_owned())),
+        Some("null") => Ok(Value::Null),
+        Some("bool") => match text.to_ascii_lowercase().as_str() {
+            "yes" | "true" | "on" => Ok(Value::Bool(true)),
+            "no" | "false" | "off" => Ok(Value::Bool(false)),
+            _ => Err(wrong("a boolean")),
+        },
+        Some("int") => int(text).ok_or_else(|| wrong("an integer")),
+        Some("float") => float(text).ok_or_else(|| wrong("a number")),
+        _ => Err(error_at(mark, format!("tag {tag} has no meaning to cloud-init's reader"))),
+    }
+}
+
+/// YAML 1.1 implicit resolution of a plain scalar, as PyYAML's resolver does it.
+fn resolve(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
+            return Value::Bool(true)
+        }
+        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
+            return Value::Bool(false)
+        }
+        // `=` resolves to the `value` tag, which safe_load cannot construct: keep the string
+        // (as a key PyYAML makes it one too).
+        _ => {}
+    }
+    if is_int(text) {
+        if let Some(v) = int(text) {
+            return v;
+        }
+    }
+    if is_float(text) {
+        if let Some(v) = float(text) {
+            return v;
+        }
+    }
+    Value::String(text.to_owned())
+}
+
+fn to_float(v: Value) -> Value {
+    v.as_f64().and_then(Number::from_f64).map_or(Value::Null, Value::Number)
+}
+
+/// Splits an optional sign off.
+fn sign(text: &str) -> (bool, &str) {
+    match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    }
+}
+
+fn all(text: &str, ok: impl Fn(u8) -> bool) -> bool {
+    !text.is_empty() && text.bytes().all(ok)
+}
+
+/// PyYAML's int pattern: `0b…`, `0…` (octal), decimal, `0x…`, and base 60 (`1:30`).
+fn is_int(text: &str) -> bool {
+    let (_, t) = sign(text);
+    let digit_ = |b: u8| b.is_ascii_digit() || b == b'_';
+    if let Some(bits) = t.strip_prefix("0b") {
+        return all(bits, |b| matches!(b, b'0' | b'1' | b'_'));
+    }
+    if let Some(hex) = t.strip_prefix("0x") {
+        return all(hex, |b| b.is_ascii_hexdigit() || b == b'_');
+    }
+    if t == "0" {
+        return true;
+    }
+    if let Some(oct) = t.strip_prefix('0') {
+        return all(oct, |b| matches!(b, b'0'..=b'7' | b'_'));
+    }
+    let mut parts = t.split(':');
+    let head = parts.next().unwrap_or("");
+    let head_ok =
+        head.as_bytes().first().is_some_and(|b| matches!(b, b'1'..=b'9')) && all(head, digit_);
+    head_ok && parts.all(is_sexagesimal_digit)
+}
+
+/// One `:[0-5]?[0-9]` group of a base-60 number.
+fn is_sexagesimal_digit(part: &str) -> bool {
+    match part.as_bytes() {
+        [d] => d.is_ascii_digit(),
+        [t, d] => matches!(t, b'0'..=b'5') && d.is_ascii_digit(),
+        _ => false,
+    }
+}
+
+/// PyYAML's float pattern (an exponent needs its sign; `.5` but not `-.5`; base 60; inf, nan).
+fn is_float(text: &str) -> bool {
+    if matches!(text, ".nan" | ".NaN" | ".NAN") {
+        return true;
+    }
+    let (_, t) = sign(text);
+    if matches!(t, ".inf" | ".Inf" | ".INF") {
+        return true;
+    }
+    let digits_ = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    let exponent_ok = |s: &str| match s.as_bytes() {
+        [] => true,
+        [b'e' | b'E', b'-' | b'+', rest @ ..] => {
+            !rest.is_empty() && rest.iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
+    };
+    if let Some(frac) = text.strip_prefix('.') {
+        // `\.[0-9][0-9_]*(exp)?`, no sign.
+        let end = frac.find(['e', 'E']).unwrap_or(frac.len());
+        return frac.as_bytes().first().is_some_and(u8::is_ascii_digit)
+            && digits_(&frac[..end])
+            && exponent_ok(&frac[end..]);
+    }
+    let Some((whole, frac)) = t.split_once('.') else {
+        return false;
+    };
+    if !whole.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    if whole.contains(':') {
+        // `[0-9][0-9_]*(:[0-5]?[0-9])+\.[0-9_]*`
+        let mut parts = whole.split(':');
+        return digits_(parts.next().unwrap_or(""))
+            && parts.all(is_sexagesimal_digit)
+            && digits_(frac);
+    }
+    let end = frac.find(['e', 'E']).unwrap_or(frac.len());
+    digits_(whole) && digits_(&frac[..end]) && exponent_ok(&frac[end..])
+}
+
+/// The integer a matching text stands for (floats past 64 bits).
+fn int(text: &str) -> Option<Value> {
+    let cleaned: String = text.chars().filter(|&c| c != '_').collect();
+    let (negative, t) = sign(&cleaned);
+    let magnitude: u128 = if let Some(bits) = t.strip_prefix("0b") {
+        u128::from_str_radix(bits, 2).ok()?
+    } else if let Some(hex) = t.strip_prefix("0x") {
+        u128::from_str_radix(hex, 16).ok()?
+    } else if t.contains(':') {
+        t.split(':').try_fold(0u128, |acc, d| acc.checked_mul(60)?.checked_add(d.parse().ok()?))?
+    } else if t.len() > 1 && t.starts_with('0') {
+        // Python's int(text, 8), which PyYAML calls here, also takes a `0o` prefix.
+        let digits = t[1..].strip_prefix(['o', 'O']).unwrap_or(&t[1..]);
+        u128::from_str_radix(digits, 8).ok()?
+    } else {
+        match t.parse() {
+            Ok(magnitude) => magnitude,
+            // Past 128 bits: PyYAML's integer has no bound, ours becomes a float.
+            Err(_) if all(t, |b| b.is_ascii_digit()) => {
+                return Some(to_float(Value::from(cleaned.parse::<f64>().ok()?)))
+            }
+            Err(_) => return None,
+        }
+    };
+    let number = if negative {
+        i64::try_from(magnitude)
+            .ok()
+            .map(|m| Number::from(-m))
+            .or_else(|| (magnitude == 1 << 63).then(|| Number::from(i64::MIN)))
+    } else {
+        u64::try_from(magnitude).ok().map(Number::from)
+    };
+    Some(match number {
+        Some(n) => Value::Number(n),
+        #[allow(clippy::cast_precision_loss)]
+        None => {
+            to_float(Value::from(if negative { -(magnitude as f64) } else { magnitude as f64 }))
+        }
+    })
+}
+
+/// The float a matching text stands for (non-finite ones become null).
+fn float(text: &str) -> Option<Value> {
+    let cleaned: String =
+        text.chars().filter(|&c| c != '_').collect::<String>().to_ascii_lowercase();
+    let (negative, t) = sign(&cleaned);
+    let magnitude: f64 = if t == ".inf" || t == ".nan" {
+        return Some(Value::Null);
+    } else if t.contains(':') {
+        t.split(':').try_fold(0f64, |acc, part| Some(acc * 60.0 + part.parse::<f64>().ok()?))?
+    } else {
+        t.parse().ok()?
+    };
+    Some(to_float(Value::from(if negative { -magnitude } else { magnitude })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml11_plain_scalars_resolve_as_pyyaml_resolves_them() {
+        let doc = load(
+            "a: 1e3\nb: 1.0e+3\nc: .5\nd: -.5\ne: 1_000\nf: 0o17\ng: 017\nh: 12:30\ni: 1:2.5\n\
+             j: 0b101\nk: +12\nl: 2001-12-14\nm: .inf\nn: y\no: 'yes'\np: ~\nq: 00\nr: 09\n\
+             s: 1:60\nt: 190:20:30\nu: 0x_1F\nv: ! 12\nw: !!str 12\nx: on\n",
+        )
+        .expect("valid");
+        let expect = serde_json::json!({
+            "a": "1e3", "b": 1000.0, "c": 0.5, "d": "-.5", "e": 1000, "f": "0o17", "g": 15,
+            "h": 750, "i": 62.5, "j": 5, "k": 12, "l": "2001-12-14", "m": null, "n": "y",
+            "o": "yes", "p": null, "q": 0, "r": "09", "s": "1:60", "t": 685230, "u": 31,
+            "v": 12, "w": "12", "x": true,
+        });
+        assert_eq!(doc, expect);
+    }
+
+    #[test]
+    fn merge_keys_follow_pyyaml_precedence() {
+        let doc = load("<<: {a: 1, c: 1}\n<<: {a: 2}\nb: 3\nc: 4\n").expect("valid");
+        assert_eq!(doc, serde_json::json!({"a": 2, "b": 3, "c": 4}));
+        let doc = load("<<: [{a: 1}, {a: 2, b: 2}]\n").expect("valid");
+        assert_eq!(doc, serde_json::json!({"a": 1, "b": 2}));
+        let doc = load("x: &a {p: 1, q: 1}\ny:\n  <<: *a\n  p: 2\n").expect("valid");
+        assert_eq!(doc, serde_json::json!({"x": {"p": 1, "q": 1}, "y": {"p": 2, "q": 1}}));
+    }
+
+    #[test]
+    fn refusals_name_their_line() {
+        for (text, line, what) in [
+            ("a: 1\na: 2\n", 2, "twice"),
+            ("a: 1\n---\nb: 2\n", 2, "second document"),
+            ("a: *y\n", 1, "no anchor"),
+            ("a: &x 1\nb: &x 2\n", 2, "defined twice"),
+            ("a: &x [*x]\n", 1, "contains itself"),
+            ("a: =\n", 1, "plain `=`"),
+            ("- <<\n", 1, "plain `<<`"),
+            ("? [a, b]\n: c\n", 1, "used as a key"),
+            ("a: !foo x\n", 1, "tag !foo"),
+            ("a: !!int x\n", 1, "not an integer"),
+            ("<<: 1\n", 1, "merge key"),
+            ("a: [1, 2\n", 2, ""),
+        ] {
+            let error = load(text).expect_err(text);
+            assert_eq!(error.line, line, "{text:?}: {error}");
+            assert!(error.message.contains(what), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            let prev = format!("*a{}", i - 1);
+            text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        let error = load(&text).expect_err("a billion laughs");
+        assert!(error.message.contains("aliases expand"), "{error}");
+    }
+}
