@@ -111,20 +111,44 @@ pub fn mesh_binary() -> Result<PathBuf> {
 
 /// Builds the release `mesh` binary as it is shipped and returns its path.
 ///
-/// With glibc it is linked statically (`crt-static`, not position-independent): there is no
-/// dynamic loader run and no shared library mapped at start, which takes about a third off a
-/// short command such as `mesh seed`. The flags go only to the binary's own link (`cargo
-/// rustc`), since proc-macro crates cannot be built with `crt-static`. The binary does not
-/// look up host names or user accounts through NSS modules, the one thing a static glibc
-/// binary cannot do.
+/// It is linked statically and not position-independent: no dynamic loader runs and no shared
+/// library is mapped at start. Against musl when the toolchain has that target (`rustup target
+/// add x86_64-unknown-linux-musl`): glibc's start-up asks the CPU about its caches and
+/// features with a few dozen CPUID instructions, each of which traps to the hypervisor in a
+/// virtual machine, and that alone cost about 0.13 ms of a 0.85 ms `mesh seed` here. Otherwise
+/// against glibc (`crt-static`), saying so. The flags go only to the binary's own link (`cargo
+/// rustc`), since proc-macro crates cannot be built static. The binary looks up no host names
+/// or user accounts through NSS modules, the one thing a static glibc binary cannot do.
 pub fn release_binary() -> Result<PathBuf> {
     let mut build = cargo();
     build.args(["rustc", "--quiet", "--release", "-p", "mesh-cli", "--bin", "mesh"]);
+    let musl = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+    if cfg!(target_os = "linux") && target_installed(&musl) {
+        build.args(["--target", &musl, "--", "-C", "relocation-model=static"]);
+        check(&mut build)?;
+        return Ok(target_dir().join(musl).join("release/mesh"));
+    }
     if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        eprintln!(
+            "xtask: target {musl} is not installed (rustup target add {musl}); linking the \
+             release binary against glibc, whose start-up is slower in a virtual machine"
+        );
         build.args(["--", "-C", "target-feature=+crt-static", "-C", "relocation-model=static"]);
     }
     check(&mut build)?;
     Ok(target_dir().join("release/mesh"))
+}
+
+/// Whether the Rust toolchain has the standard library for `target`.
+fn target_installed(target: &str) -> bool {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .is_some_and(|sysroot| sysroot.join("lib/rustlib").join(target).join("lib").is_dir())
 }
 
 /// Cargo's target directory.

@@ -116,10 +116,8 @@ impl MetaData {
 
 /// Checks a user-supplied meta-data document and returns its instance-id.
 ///
-/// FIXME: the reader resolves plain scalars by YAML 1.2 rules, so an unquoted
-/// `instance-id: 12:30` passes as the string "12:30" while PyYAML reads the number 750.
-/// cloud-init then still boots with a (different) id; it matters only to callers comparing
-/// the returned id with the guest's. Quote ids in hand-written meta-data.
+/// The id must be a string as cloud-init's reader sees it: an unquoted `instance-id: 12:30` is
+/// the number 750 to PyYAML (YAML 1.1), so it is refused, and quoting it is the fix.
 pub fn validate_meta_data(bytes: &[u8]) -> Result<String, MetaDataError> {
     let text = std::str::from_utf8(bytes).map_err(MetaDataError::Decode)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -168,6 +166,16 @@ pub(crate) fn is_usable_instance_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_that_yaml_11_reads_as_a_number_is_refused() {
+        for text in ["instance-id: 12:30\n", "instance-id: 0755\n", "instance-id: yes\n"] {
+            let error = validate_meta_data(text.as_bytes()).expect_err(text);
+            assert!(matches!(error, MetaDataError::CheckInstanceId { .. }), "{text}: {error:?}");
+        }
+        let id = validate_meta_data(b"instance-id: '12:30'\n").expect("quoted");
+        assert_eq!(id, "12:30");
+    }
 
     #[test]
     fn instance_id_is_returned() {

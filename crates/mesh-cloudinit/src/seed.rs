@@ -368,10 +368,24 @@ fn write_sparse(file: &fs::File, image: &[u8]) -> std::io::Result<()> {
     // Compared as slices (memcmp), which stays fast in unoptimised builds too.
     static ZEROS: [u8; BLOCK] = [0; BLOCK];
     file.set_len(image.len() as u64)?;
-    for (index, block) in image.chunks(BLOCK).enumerate() {
-        if block != &ZEROS[..block.len()] {
-            file.write_all_at(block, (index * BLOCK) as u64)?;
+    // Each run of non-zero blocks goes out in one write.
+    let mut at = 0;
+    while at < image.len() {
+        let zero = |start: usize| {
+            let block = &image[start..(start + BLOCK).min(image.len())];
+            block == &ZEROS[..block.len()]
+        };
+        if zero(at) {
+            at += BLOCK;
+            continue;
         }
+        let mut end = at + BLOCK;
+        while end < image.len() && !zero(end) {
+            end += BLOCK;
+        }
+        let end = end.min(image.len());
+        file.write_all_at(&image[at..end], at as u64)?;
+        at = end;
     }
     Ok(())
 }

@@ -243,7 +243,7 @@ impl Shaper {
             libc::pollfd { fd: self.bridge.as_raw_fd(), events, revents: 0 },
         ];
         let timeout = libc::timespec {
-            tv_sec: (timeout_us / 1_000_000) as libc::time_t,
+            tv_sec: (timeout_us / 1_000_000) as _,
             tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
         };
         // SAFETY: `fds` and `timeout` are valid for the call; no signal mask is passed.
