@@ -311,12 +311,53 @@ extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc:
         .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) })
         .map(|arg| std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
         .collect();
+    std::panic::set_hook(Box::new(report_panic));
     let status = match std::panic::catch_unwind(|| run(args)) {
         Ok(code) => exit_status(code),
+        Err(_) if OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed) => 1,
         Err(_) => 101,
     };
-    let _ = std::io::stdout().flush();
+    if let Err(e) = std::io::stdout().flush() {
+        if !OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("error: cannot write to standard output: {e}");
+        }
+        return 1;
+    }
     status
+}
+
+/// Set when printing to standard output failed (a full disk, `> /dev/full`, a closed pipe
+/// with SIGPIPE ignored): the command then ends with status 1 and a one-line error.
+#[cfg_attr(test, allow(dead_code))]
+static OUTPUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The panic hook. `println!` panics when standard output cannot be written; that is the
+/// user's environment, not a bug, so it gets a one-line error. Any other panic is reported
+/// as the runtime would, naming the main thread (which the runtime's own start would have
+/// named, and this binary's entry point does not).
+#[cfg_attr(test, allow(dead_code))]
+fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let message = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    if let Some(reason) = message.strip_prefix("failed printing to stdout: ") {
+        OUTPUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("error: cannot write to standard output: {reason}");
+        return;
+    }
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("main");
+    let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+    eprintln!("thread '{name}' panicked{at}:\n{message}");
+    match std::env::var_os("RUST_BACKTRACE") {
+        Some(v) if v != "0" => eprintln!("{}", std::backtrace::Backtrace::force_capture()),
+        _ => eprintln!(
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace"
+        ),
+    }
 }
 
 /// The number behind an `ExitCode`, which the standard library does not expose: every code
@@ -358,7 +399,22 @@ fn run(argv: Vec<std::ffi::OsString>) -> ExitCode {
             return finish(seed(args));
         }
     }
-    let cli = Cli::parse_from(argv);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        // Help, version and usage errors, printed here so that a failed print is reported
+        // (clap's own exit ignores it).
+        Err(e) => {
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            return match e.print() {
+                Ok(()) => ExitCode::from(code),
+                Err(io) => {
+                    OUTPUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("error: cannot write to standard output: {io}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     match &cli.command {
         Command::Seed(_) | Command::Iso { .. } => quiet_logging(cli.verbose),
         _ => init_logging(cli.verbose),

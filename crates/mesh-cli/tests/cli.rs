@@ -226,3 +226,17 @@ fn ctrl_c_during_the_build_tears_down_and_stops_the_build() {
     });
     assert!(!leftover, "the build command outlived mesh up");
 }
+
+#[test]
+fn output_that_cannot_be_written_is_one_line_and_status_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in [&["status"][..], &["--help"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+        let o = run(mesh(dir.path()).args(args).stdout(full));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("cannot write to standard output"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

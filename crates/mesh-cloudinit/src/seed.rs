@@ -342,6 +342,23 @@ fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
         _ => out.to_owned(),
     };
     let failed = |source| SeedError::WriteImage { path: out.to_owned(), source };
+    match fs::metadata(out) {
+        Ok(m) if m.is_dir() => {
+            return Err(failed(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "it is a directory",
+            )))
+        }
+        // A device or FIFO (a disk, `/dev/stdout`) is written into, as cloud-localds does:
+        // renaming a file over it would replace the device node.
+        Ok(m) if !m.is_file() => {
+            use std::io::Write;
+            let mut device = fs::OpenOptions::new().write(true).open(out).map_err(failed)?;
+            device.write_all(image).and_then(|()| device.flush()).map_err(failed)?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let (temp, file) = create_temp(out).map_err(failed)?;
     let written = (|| {
         if let Some(old) = fs::metadata(out).ok().filter(|m| m.is_file()) {
@@ -422,6 +439,26 @@ fn rename_into_place(temp: &Path, out: &Path) -> Result<(), SeedError> {
 mod tests {
     use super::*;
     use crate::config::Command;
+
+    #[test]
+    fn write_image_writes_into_a_fifo_and_leaves_it_one() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("seed.fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+        assert!(made.success(), "mkfifo failed");
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || fs::read(fifo).expect("read the fifo"))
+        };
+        write_image(&[7u8; 10_000], &fifo).expect("written into the fifo");
+        assert_eq!(reader.join().expect("reader"), vec![7u8; 10_000]);
+        assert!(fs::symlink_metadata(&fifo).expect("fifo").file_type().is_fifo());
+        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 1, "no temporary file left");
+
+        let error = write_image(b"x", dir.path()).expect_err("a directory");
+        assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
+    }
 
     #[test]
     fn write_image_opens_no_file_put_under_its_temporary_names() {

@@ -234,6 +234,15 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
+    /// The output path is a directory, or a device or FIFO that cannot be opened or written.
+    #[error("cannot write the image to {path}")]
+    WriteOutput {
+        /// The output path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Renaming the temporary file onto the output failed.
     #[error("cannot rename {from} to {to}")]
     RenameTemp {
@@ -291,8 +300,35 @@ fn write_iso_with<W: Write>(
 /// Writes the image of `tree` to the file `out`, atomically: the image goes to a temporary
 /// file in the same directory, is synced, then renamed onto `out`. On error nothing is
 /// left at `out` (an existing file there is untouched) and the temporary file is removed.
+///
+/// A symbolic link at `out` is written through (the file it names is replaced, the link
+/// stays). A device or FIFO at `out` (a disk, `/dev/stdout`) is written into, not replaced.
+/// A directory is refused.
 pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(), WriteError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let resolved;
+    let out = match fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = fs::canonicalize(out).unwrap_or_else(|_| out.to_owned());
+            resolved.as_path()
+        }
+        _ => out,
+    };
+    let output_failed = |source| WriteError::WriteOutput { path: out.to_owned(), source };
+    match fs::metadata(out) {
+        Ok(m) if m.is_dir() => {
+            return Err(output_failed(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "it is a directory",
+            )))
+        }
+        Ok(m) if !m.is_file() => {
+            let device = OpenOptions::new().write(true).open(out).map_err(output_failed)?;
+            write_iso_with(tree, opts, io::BufWriter::with_capacity(1 << 20, device), &mut |_| {})?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

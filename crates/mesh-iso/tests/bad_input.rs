@@ -152,3 +152,46 @@ fn symlink_without_rock_ridge_is_refused_by_name() {
         write_iso_file(&tree, &opts, &tmp.path().join("s.iso")).expect_err("needs Rock Ridge");
     assert!(matches!(&err, WriteError::RecordSymlink { path } if path == "bin/tool"), "{err}");
 }
+
+#[test]
+fn output_that_is_a_fifo_symlink_or_directory_is_handled_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let mut tree = IsoTree::new();
+    tree.add_file_bytes("a.txt", b"hello".to_vec(), 0o644).expect("add");
+    let opts = IsoOptions::new("out");
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // A FIFO is written into and stays a FIFO (as a device would), no temporary file left.
+    let fifo = tmp.path().join("image.fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(status.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read(fifo).expect("read the fifo"))
+    };
+    write_iso_file(&tree, &opts, &fifo).expect("written into the FIFO");
+    let through_fifo = reader.join().expect("reader");
+    assert!(fs::symlink_metadata(&fifo).expect("fifo").file_type().is_fifo());
+    let mut in_memory = Vec::new();
+    mesh_iso::write_iso(&tree, &opts, &mut in_memory).expect("in memory");
+    assert_eq!(through_fifo, in_memory);
+
+    // A symbolic link is written through: the link stays, the file it names is replaced.
+    let real = tmp.path().join("real.iso");
+    fs::write(&real, "old").expect("old");
+    let link = tmp.path().join("link.iso");
+    std::os::unix::fs::symlink("real.iso", &link).expect("symlink");
+    write_iso_file(&tree, &opts, &link).expect("written through the link");
+    assert!(fs::symlink_metadata(&link).expect("link").file_type().is_symlink());
+    assert_eq!(fs::read(&real).expect("real"), in_memory);
+
+    // A directory is refused by name and left alone.
+    let dir = tmp.path().join("dir.iso");
+    fs::create_dir(&dir).expect("mkdir");
+    let err = write_iso_file(&tree, &opts, &dir).expect_err("a directory");
+    assert!(matches!(&err, WriteError::WriteOutput { path, .. } if *path == dir), "{err}");
+    assert!(dir.is_dir());
+    let names: Vec<_> =
+        fs::read_dir(tmp.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(names.len(), 4, "a temporary file was left: {names:?}");
+}
