@@ -128,6 +128,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     }
     // Benchmarks measure the release binary as it is shipped (`cargo xtask dist`).
     let mesh = crate::release_binary()?;
+    println!("binary: {}", mesh.display());
     let work = tempfile_dir()?;
     let result = (|| -> Result<()> {
         for c in chosen {
