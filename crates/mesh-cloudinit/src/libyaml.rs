@@ -63,8 +63,12 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct ParseError {
     pub problem: String,
-    pub context: Option<String>,
+    /// What the parser was reading, and where that began (an opening quote or bracket).
+    pub context: Option<(String, Mark)>,
     pub mark: Mark,
+    /// For an error in the input bytes themselves (a control character), their offset: the
+    /// reader reports no mark for those.
+    pub offset: Option<usize>,
 }
 
 /// libyaml's parser reading one string.
@@ -110,15 +114,12 @@ impl<'a> Parser<'a> {
                 // SAFETY: non-null pointers here are NUL-terminated static strings.
                 (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
             };
-            let mark = if parser.problem_mark.line == 0 && parser.problem_mark.column == 0 {
-                parser.context_mark
-            } else {
-                parser.problem_mark
-            };
+            let reader = parser.error == unsafe_sys::YAML_READER_ERROR;
             return Err(ParseError {
                 problem: text(parser.problem).unwrap_or_else(|| "cannot be parsed".to_owned()),
-                context: text(parser.context),
-                mark: mark.into(),
+                context: text(parser.context).map(|c| (c, parser.context_mark.into())),
+                mark: parser.problem_mark.into(),
+                offset: reader.then_some(parser.problem_offset as usize),
             });
         }
         // SAFETY: a successful parse filled in `event`; its union member is the one its type

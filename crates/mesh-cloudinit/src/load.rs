@@ -35,6 +35,11 @@ use serde_json::{Map, Number, Value};
 /// The most values a document may hold once its aliases are expanded.
 pub const MAX_VALUES: usize = 1 << 20;
 
+/// The deepest nesting of lists and mappings a document may have, aliases expanded. PyYAML,
+/// which builds nodes recursively, fails past about 490 levels under Python's default
+/// recursion limit (less when called from deep inside cloud-init); this keeps well clear.
+pub const MAX_DEPTH: usize = 400;
+
 /// Why a document was refused: what, and where (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
@@ -67,12 +72,22 @@ fn error_at(mark: Mark, message: impl Into<String>) -> LoadError {
 
 /// Reads the single YAML document in `text` (none gives `Value::Null`).
 pub fn load(text: &str) -> Result<Value, LoadError> {
+    // A byte-order mark may open the text (PyYAML skips it there); anywhere else PyYAML takes
+    // it for part of a key or value, where libyaml skips one at the start of any line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(at) = text.find('\u{feff}') {
+        return Err(error_at(
+            mark_of(text, at),
+            "a byte-order mark (U+FEFF) inside the text; cloud-init's reader would take it for \
+             part of a name or value",
+        ));
+    }
     let mut parser = Parser::new(text);
     let mut builder = Builder::default();
     let has_tab = text.contains('\t');
     let mut documents = 0usize;
     loop {
-        let (event, mark) = parser.next().map_err(parse_error)?;
+        let (event, mark) = parser.next().map_err(|e| parse_error(text, e))?;
         match event {
             Event::StreamStart | Event::DocumentEnd => {}
             Event::StreamEnd => break,
@@ -87,7 +102,7 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 builder.anchors.clear();
             }
             Event::Alias { anchor } => {
-                let Some((value, size)) = builder.anchors.get(&anchor) else {
+                let Some((value, size, height)) = builder.anchors.get(&anchor) else {
                     let message = if builder.defined.contains(&anchor) {
                         format!("alias *{anchor} is inside the node it names (a value that contains itself)")
                     } else {
@@ -99,10 +114,14 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 if builder.expanded > MAX_VALUES {
                     return Err(error_at(
                         mark,
-                        format!("aliases expand the document past {MAX_VALUES} values"),
+                        format!("anchors and aliases take the document past {MAX_VALUES} values"),
                     ));
                 }
-                let node = Node { value: value.clone(), size: *size, kind: Kind::Other };
+                let height = *height;
+                if builder.stack.len() + height > MAX_DEPTH {
+                    return Err(too_deep(mark));
+                }
+                let node = Node { value: value.clone(), size: *size, height, kind: Kind::Other };
                 builder.complete(node, mark)?;
             }
             Event::Scalar { anchor, tag, value, plain_implicit, plain, block, span } => {
@@ -126,6 +145,7 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 // (where libyaml does not set `plain_implicit`).
                 let plain_implicit = plain_implicit || tag.as_deref() == Some("!");
                 let resolved = scalar(&value, tag.as_deref(), plain_implicit, mark)?;
+                let value_len = value.len();
                 // PyYAML resolves what libyaml marks `plain_implicit` (plain, or tagged `!`).
                 let kind = if plain_implicit {
                     Kind::Plain(value)
@@ -135,22 +155,33 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                     Kind::Other
                 };
                 builder.define(anchor.as_deref(), mark)?;
-                let node = Node { value: resolved, size: 1, kind };
+                // A value counts one, and one more per 64 bytes of text, so that aliases of a
+                // long string cannot grow the document past the budget either.
+                let size = 1 + value_len / 64;
+                let node = Node { value: resolved, size, height: 0, kind };
                 builder.finish(anchor, node, mark)?;
             }
             Event::SequenceStart { anchor, tag, flow } => {
                 check_tag_end(text, tag.as_deref(), builder.flow, mark)?;
                 collection_tag(tag.as_deref(), &["seq", "omap", "pairs"], mark)?;
                 builder.define(anchor.as_deref(), mark)?;
+                if builder.stack.len() >= MAX_DEPTH {
+                    return Err(too_deep(mark));
+                }
                 builder.flow += usize::from(flow);
-                builder.stack.push(Frame::Seq { anchor, items: Vec::new(), size: 1, mark, flow });
+                let items = Vec::new();
+                builder.stack.push(Frame::Seq { anchor, items, size: 1, height: 0, mark, flow });
             }
             Event::MappingStart { anchor, tag, flow } => {
                 check_tag_end(text, tag.as_deref(), builder.flow, mark)?;
                 collection_tag(tag.as_deref(), &["map", "set"], mark)?;
                 builder.define(anchor.as_deref(), mark)?;
+                if builder.stack.len() >= MAX_DEPTH {
+                    return Err(too_deep(mark));
+                }
                 builder.flow += usize::from(flow);
                 builder.stack.push(Frame::Map(Box::new(MapFrame {
+                    height: 0,
                     flow,
                     anchor,
                     mark,
@@ -161,20 +192,22 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 })));
             }
             Event::SequenceEnd => {
-                let Some(Frame::Seq { anchor, items, size, mark: start, flow }) =
+                let Some(Frame::Seq { anchor, items, size, height, mark: start, flow }) =
                     builder.stack.pop()
                 else {
                     return Err(error_at(mark, "unbalanced end of a list"));
                 };
                 builder.flow -= usize::from(flow);
-                let node = Node { value: Value::Array(items), size, kind: Kind::Other };
+                let (value, height) = (Value::Array(items), height + 1);
+                let node = Node { value, size, height, kind: Kind::Other };
                 builder.finish(anchor, node, start)?;
             }
             Event::MappingEnd => {
                 let Some(Frame::Map(frame)) = builder.stack.pop() else {
                     return Err(error_at(mark, "unbalanced end of a mapping"));
                 };
-                let MapFrame { anchor, mark: start, entries, merges, size, flow, .. } = *frame;
+                let MapFrame { anchor, mark: start, entries, merges, size, height, flow, .. } =
+                    *frame;
                 builder.flow -= usize::from(flow);
                 let value = if merges.is_empty() {
                     Value::Object(entries)
@@ -187,7 +220,8 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                     }
                     Value::Object(merged)
                 };
-                builder.finish(anchor, Node { value, size, kind: Kind::Other }, start)?;
+                let node = Node { value, size, height: height + 1, kind: Kind::Other };
+                builder.finish(anchor, node, start)?;
             }
         }
     }
@@ -260,29 +294,35 @@ fn content_start(text: &str, mut at: usize) -> usize {
 /// space; PyYAML's pure-Python scanner, the one cloud-init runs, stops at it ("found character
 /// '\t' that cannot start any token"), between tokens and inside unquoted values alike.
 fn check_tabs(text: &str, tab_safe: &[std::ops::Range<usize>]) -> Result<(), LoadError> {
-    let safe = |at: usize| tab_safe.iter().any(|r| r.contains(&at));
-    let mut line_start = 0;
-    for (line_index, line) in text.split_inclusive('\n').enumerate() {
-        let mut comment = false;
-        for (offset, byte) in line.bytes().enumerate() {
-            let at = line_start + offset;
-            let after_blank = offset == 0 || matches!(line.as_bytes()[offset - 1], b' ' | b'\t');
-            if byte == b'#' && after_blank && !safe(at) {
-                comment = true;
-            }
-            if byte == b'\t' && !comment && !safe(at) {
-                let column = line[..offset].chars().count() as u64 + 1;
-                return Err(LoadError {
-                    line: line_index as u64 + 1,
-                    column,
-                    message: "a tab outside quotes, a block scalar or a comment; cloud-init's \
-                              reader refuses it there (use spaces, or quote the value)"
-                        .to_owned(),
-                    syntax: false,
-                });
-            }
+    // The ranges come in document order and do not overlap, so one pass over both suffices.
+    let mut ranges = tab_safe.iter().peekable();
+    let mut comment = false;
+    let mut previous = '\n';
+    for (at, c) in text.char_indices() {
+        while ranges.peek().is_some_and(|r| r.end <= at) {
+            ranges.next();
         }
-        line_start += line.len();
+        let safe = ranges.peek().is_some_and(|r| r.contains(&at));
+        match c {
+            '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' => comment = false,
+            '#' if !safe
+                && matches!(
+                    previous,
+                    ' ' | '\t' | '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}'
+                ) =>
+            {
+                comment = true
+            }
+            '\t' if !comment && !safe => {
+                return Err(error_at(
+                    mark_of(text, at),
+                    "a tab outside quotes, a block scalar or a comment; cloud-init's reader \
+                     refuses it there (use spaces, or quote the value)",
+                ));
+            }
+            _ => {}
+        }
+        previous = c;
     }
     Ok(())
 }
@@ -292,18 +332,56 @@ const MERGE_TAG: &str = "tag:yaml.org,2002:merge";
 /// The prefix of the standard tags (`!!int` is `tag:yaml.org,2002:int`).
 const STANDARD: &str = "tag:yaml.org,2002:";
 
-fn parse_error(error: ParseError) -> LoadError {
+fn too_deep(mark: Mark) -> LoadError {
+    error_at(
+        mark,
+        format!(
+            "lists and mappings nest more than {MAX_DEPTH} levels deep here; cloud-init's YAML \
+             reader gives up on deep nesting"
+        ),
+    )
+}
+
+fn parse_error(text: &str, error: ParseError) -> LoadError {
+    let mark = match error.offset {
+        Some(offset) => mark_of(text, offset),
+        None => error.mark,
+    };
     let message = match error.context {
-        Some(context) => format!("{} {context}", error.problem),
+        Some((context, at)) if at != mark && (at.line, at.column) != (0, 0) => format!(
+            "{} ({context} that starts at line {}, column {})",
+            error.problem,
+            at.line + 1,
+            at.column + 1
+        ),
+        Some((context, _)) => format!("{} {context}", error.problem),
         None => error.problem,
     };
-    LoadError { syntax: true, ..error_at(error.mark, message) }
+    LoadError { syntax: true, ..error_at(mark, message) }
+}
+
+/// The 0-based line and column of byte `offset`, counting YAML's line breaks.
+fn mark_of(text: &str, offset: usize) -> Mark {
+    let mut mark = Mark { line: 0, column: 0, index: offset };
+    let mut chars = text[..offset.min(text.len())].chars().peekable();
+    while let Some(c) = chars.next() {
+        let crlf = c == '\r' && chars.peek() == Some(&'\n');
+        if matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}') && !crlf {
+            mark.line += 1;
+            mark.column = 0;
+        } else if !crlf {
+            mark.column += 1;
+        }
+    }
+    mark
 }
 
 /// A finished node: its value, how many values it holds, and what a mapping key needs to know.
 struct Node {
     value: Value,
     size: usize,
+    /// How many levels of lists and mappings it holds (0 for a scalar).
+    height: usize,
     kind: Kind,
 }
 
@@ -315,7 +393,15 @@ enum Kind {
 }
 
 enum Frame {
-    Seq { anchor: Option<String>, items: Vec<Value>, size: usize, mark: Mark, flow: bool },
+    Seq {
+        anchor: Option<String>,
+        items: Vec<Value>,
+        size: usize,
+        /// The greatest height of the items so far.
+        height: usize,
+        mark: Mark,
+        flow: bool,
+    },
     Map(Box<MapFrame>),
 }
 
@@ -328,6 +414,8 @@ struct MapFrame {
     /// The key read, waiting for its value: `None` as the key of a merge.
     key: Option<(Option<String>, Mark)>,
     size: usize,
+    /// The greatest height of the keys and values so far.
+    height: usize,
     /// Written in braces.
     flow: bool,
 }
@@ -335,9 +423,10 @@ struct MapFrame {
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    anchors: HashMap<String, (Value, usize)>,
+    /// Anchored values with their sizes and heights.
+    anchors: HashMap<String, (Value, usize, usize)>,
     /// Anchors whose node has started: defined, and usable once finished.
-    defined: Vec<String>,
+    defined: std::collections::HashSet<String>,
     expanded: usize,
     /// Byte ranges of quoted and block scalars, where a tab is content.
     tab_safe: Vec<std::ops::Range<usize>>,
@@ -350,10 +439,9 @@ impl Builder {
     /// Records that `anchor` is defined here; PyYAML refuses a second definition.
     fn define(&mut self, anchor: Option<&str>, mark: Mark) -> Result<(), LoadError> {
         if let Some(anchor) = anchor {
-            if self.defined.iter().any(|a| a == anchor) {
+            if !self.defined.insert(anchor.to_owned()) {
                 return Err(error_at(mark, format!("anchor &{anchor} is defined twice")));
             }
-            self.defined.push(anchor.to_owned());
         }
         Ok(())
     }
@@ -361,7 +449,15 @@ impl Builder {
     /// Stores a finished anchored node and hands it to its parent.
     fn finish(&mut self, anchor: Option<String>, node: Node, mark: Mark) -> Result<(), LoadError> {
         if let Some(anchor) = anchor {
-            self.anchors.insert(anchor, (node.value.clone(), node.size));
+            // The copy kept for aliases counts against the same budget as what they expand.
+            self.expanded += node.size;
+            if self.expanded > MAX_VALUES {
+                return Err(error_at(
+                    mark,
+                    format!("anchors and aliases take the document past {MAX_VALUES} values"),
+                ));
+            }
+            self.anchors.insert(anchor, (node.value.clone(), node.size, node.height));
         }
         self.complete(node, mark)
     }
@@ -381,12 +477,14 @@ impl Builder {
         }
         match self.stack.last_mut() {
             None => self.root = Some(node.value),
-            Some(Frame::Seq { items, size, .. }) => {
+            Some(Frame::Seq { items, size, height, .. }) => {
                 *size += node.size;
+                *height = (*height).max(node.height);
                 items.push(node.value);
             }
             Some(Frame::Map(frame)) => {
                 frame.size += node.size;
+                frame.height = frame.height.max(node.height);
                 match frame.key.take() {
                     None => frame.key = Some((map_key(node, mark)?, mark)),
                     Some((None, key_mark)) => {
@@ -461,7 +559,8 @@ fn scalar(text: &str, tag: Option<&str>, implicit: bool, mark: Mark) -> Result<V
     let Some(tag) = tag.filter(|t| *t != "!") else {
         return Ok(Value::String(text.to_owned()));
     };
-    let wrong = |kind: &str| error_at(mark, format!("{text:?} is not {kind} (tag {tag})"));
+    // The value itself is not quoted: it may be a password.
+    let wrong = |kind: &str| error_at(mark, format!("the value tagged {tag} is not {kind}"));
     match tag.strip_prefix(STANDARD) {
         Some("str" | "binary" | "timestamp") => Ok(Value::String(text.to_owned())),
         Some("null") => Ok(Value::Null),
@@ -703,6 +802,20 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_bounded_also_through_aliases() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(load(&deep(MAX_DEPTH)).is_ok());
+        for text in [
+            deep(MAX_DEPTH + 1),
+            deep(1_000_000),
+            format!("a: &a {}\nb: [*a]\n", deep(MAX_DEPTH - 1)),
+        ] {
+            let error = load(&text).expect_err("too deep");
+            assert!(error.message.contains("nest more than"), "{error}");
+        }
+    }
+
+    #[test]
     fn alias_expansion_is_bounded() {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..8 {
@@ -710,6 +823,6 @@ mod tests {
             text.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
         }
         let error = load(&text).expect_err("a billion laughs");
-        assert!(error.message.contains("aliases expand"), "{error}");
+        assert!(error.message.contains("anchors and aliases take"), "{error}");
     }
 }

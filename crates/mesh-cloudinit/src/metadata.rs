@@ -119,8 +119,8 @@ impl MetaData {
 /// The id must be a string as cloud-init's reader sees it: an unquoted `instance-id: 12:30` is
 /// the number 750 to PyYAML (YAML 1.1), so it is refused, and quoting it is the fix.
 pub fn validate_meta_data(bytes: &[u8]) -> Result<String, MetaDataError> {
+    // A leading byte-order mark is skipped by the reader, as by PyYAML.
     let text = std::str::from_utf8(bytes).map_err(MetaDataError::Decode)?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let map = yaml::parse_mapping("meta-data", text).map_err(MetaDataError::Parse)?;
 
     check_near_miss_keys(&map)?;

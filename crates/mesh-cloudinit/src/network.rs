@@ -242,8 +242,8 @@ impl Ethernet {
 
 /// Checks a user-supplied network-config document.
 pub fn validate_network_config(bytes: &[u8]) -> Result<(), NetworkConfigError> {
+    // A leading byte-order mark is skipped by the reader, as by PyYAML.
     let text = std::str::from_utf8(bytes).map_err(NetworkConfigError::Decode)?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let map = yaml::parse_mapping("network-config", text).map_err(NetworkConfigError::Parse)?;
 
     if map.contains_key("network") {

@@ -18,7 +18,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub use crate::load::{load, LoadError, MAX_VALUES};
+pub use crate::load::{load, LoadError, MAX_DEPTH, MAX_VALUES};
 
 /// What went wrong while writing or reading a YAML document.
 #[derive(Debug, thiserror::Error)]
