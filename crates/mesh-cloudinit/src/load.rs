@@ -1,31 +1,38 @@
 //! YAML in: user-supplied documents read the way cloud-init's `yaml.safe_load` reads them.
 //!
 //! The text is parsed by libyaml (its Rust translation, `unsafe-libyaml`, behind the safe
-//! [`crate::libyaml`] reader). libyaml is the YAML 1.1
-//! parser behind PyYAML's C loader, and PyYAML's pure-Python parser, which cloud-init uses, is a
-//! line-by-line port of it, so both accept and refuse the same texts. The parser's events are
-//! built into JSON values here by the rules of PyYAML's `SafeLoader`:
+//! [`crate::libyaml`] reader). libyaml is the YAML 1.1 parser behind PyYAML's C loader, and
+//! PyYAML's pure-Python parser, which cloud-init uses, is a port of it; where the two still
+//! differ (tabs, a `?` or a tag before `,` in brackets, block scalar headers, byte-order marks)
+//! this module refuses what PyYAML refuses. The parser's events are built into JSON values by
+//! the rules of PyYAML's `SafeLoader`:
 //! - a plain scalar without a tag is resolved by YAML 1.1: `yes`/`on`/`off` are booleans,
 //!   `0755` is octal, `12:30` is the base-60 number 750, `1e3` (no exponent sign) is a string,
-//!   `~`, `null` and nothing are null; quoted scalars and the `!` tag keep strings;
+//!   `~`, `null` and nothing are null; quoted scalars keep strings, and the `!` tag asks for
+//!   resolution by content;
 //! - the standard tags (`!!str`, `!!int`, `!!float`, `!!bool`, `!!null`, `!!binary`,
 //!   `!!timestamp`, `!!seq`, `!!map`, `!!set`, `!!omap`, `!!pairs`) are honoured; any other tag
 //!   is refused, as `safe_load` refuses it;
 //! - `<<` merge keys, anchors and aliases work; an undefined alias, a repeated anchor and a
-//!   list or mapping used as a key are refused.
+//!   list or mapping used as a key are refused;
+//! - values are built as PyYAML builds them: `!!omap`/`!!pairs` lists become `[key, value]`
+//!   pairs, `!!set` values are null, and a value that resolves to a date, integer or boolean
+//!   PyYAML then cannot build (`2024-02-30`, `0x_`) is refused, as is `!!binary` that is not
+//!   base64.
 //!
 //! Stricter than PyYAML on purpose: a key repeated in one mapping is an error (PyYAML keeps the
-//! last value without a word), a second document is an error (so does `safe_load`), and so is
-//! a document whose aliases would expand to more than [`MAX_VALUES`] values or that refers to
-//! itself (PyYAML shares such nodes; JSON values cannot).
-//!
-//! FIXME: libyaml reads `[{1: []}, ? ]]` (an empty explicit key in brackets, then a stray
-//! `]`), which PyYAML refuses; the comparison with PyYAML found it once in 500,000 generated
-//! texts. It matters only for hand-written flow YAML with `?` keys, which cloud-config does not
-//! use.
+//! last value without a word; keys Python takes for one, such as `1`, `1.0` and `true`, count
+//! as repeated), and so are a second document (as in `safe_load`), a document whose anchors
+//! and aliases would make more than [`MAX_VALUES`] values or nest deeper than [`MAX_DEPTH`]
+//! levels, and one that refers to itself (PyYAML shares such nodes; JSON values cannot).
 //!
 //! Values that JSON cannot hold are mapped: timestamps and `!!binary` stay the strings written,
 //! integers beyond 64 bits become floats, and `.inf`/`.nan` become null.
+//!
+//! FIXME: libyaml reads `[{1: []}, ? ]]` and `[? ], x]` (an empty explicit key in brackets,
+//! then a stray `]`), which PyYAML refuses; the comparison with PyYAML found such texts about
+//! once in 500,000 generated ones. It matters only for hand-written flow YAML with `?` keys,
+//! which cloud-config does not use.
 
 use std::collections::HashMap;
 
@@ -102,7 +109,7 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 builder.anchors.clear();
             }
             Event::Alias { anchor } => {
-                let Some((value, size, height)) = builder.anchors.get(&anchor) else {
+                let Some(anchored) = builder.anchors.get(&anchor) else {
                     let message = if builder.defined.contains(&anchor) {
                         format!("alias *{anchor} is inside the node it names (a value that contains itself)")
                     } else {
@@ -110,18 +117,23 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                     };
                     return Err(error_at(mark, message));
                 };
-                builder.expanded += size;
+                builder.expanded += anchored.size;
                 if builder.expanded > MAX_VALUES {
                     return Err(error_at(
                         mark,
                         format!("anchors and aliases take the document past {MAX_VALUES} values"),
                     ));
                 }
-                let height = *height;
-                if builder.stack.len() + height > MAX_DEPTH {
+                if builder.stack.len() + anchored.height > MAX_DEPTH {
                     return Err(too_deep(mark));
                 }
-                let node = Node { value: value.clone(), size: *size, height, kind: Kind::Other };
+                let kind = anchored.plain.clone().map_or(Kind::Other, Kind::Plain);
+                let node = Node {
+                    value: anchored.value.clone(),
+                    size: anchored.size,
+                    height: anchored.height,
+                    kind,
+                };
                 builder.complete(node, mark)?;
             }
             Event::Scalar { anchor, tag, value, plain_implicit, plain, block, span } => {
@@ -170,7 +182,18 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 }
                 builder.flow += usize::from(flow);
                 let items = Vec::new();
-                builder.stack.push(Frame::Seq { anchor, items, size: 1, height: 0, mark, flow });
+                let pairs = tag.as_deref().is_some_and(|t| {
+                    t.strip_prefix(STANDARD).is_some_and(|t| t == "omap" || t == "pairs")
+                });
+                builder.stack.push(Frame::Seq {
+                    anchor,
+                    items,
+                    size: 1,
+                    height: 0,
+                    mark,
+                    flow,
+                    pairs,
+                });
             }
             Event::MappingStart { anchor, tag, flow } => {
                 check_tag_end(text, tag.as_deref(), builder.flow, mark)?;
@@ -180,7 +203,10 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                     return Err(too_deep(mark));
                 }
                 builder.flow += usize::from(flow);
+                let set = tag.as_deref().and_then(|t| t.strip_prefix(STANDARD)) == Some("set");
                 builder.stack.push(Frame::Map(Box::new(MapFrame {
+                    set,
+                    seen: std::collections::HashSet::new(),
                     height: 0,
                     flow,
                     anchor,
@@ -192,12 +218,13 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 })));
             }
             Event::SequenceEnd => {
-                let Some(Frame::Seq { anchor, items, size, height, mark: start, flow }) =
+                let Some(Frame::Seq { anchor, items, size, height, mark: start, flow, pairs }) =
                     builder.stack.pop()
                 else {
                     return Err(error_at(mark, "unbalanced end of a list"));
                 };
                 builder.flow -= usize::from(flow);
+                let items = if pairs { key_value_pairs(items, start)? } else { items };
                 let (value, height) = (Value::Array(items), height + 1);
                 let node = Node { value, size, height, kind: Kind::Other };
                 builder.finish(anchor, node, start)?;
@@ -206,20 +233,28 @@ pub fn load(text: &str) -> Result<Value, LoadError> {
                 let Some(Frame::Map(frame)) = builder.stack.pop() else {
                     return Err(error_at(mark, "unbalanced end of a mapping"));
                 };
-                let MapFrame { anchor, mark: start, entries, merges, size, height, flow, .. } =
-                    *frame;
+                let MapFrame {
+                    anchor, mark: start, entries, merges, size, height, flow, set, ..
+                } = *frame;
                 builder.flow -= usize::from(flow);
-                let value = if merges.is_empty() {
-                    Value::Object(entries)
+                let mut value = if merges.is_empty() {
+                    entries
                 } else {
                     // PyYAML: merged entries first (later merge keys, and earlier mappings of
                     // one merge list, take precedence), the mapping's own entries over them.
+                    // A key Python takes for one already there keeps that one's spelling.
                     let mut merged = Map::new();
-                    for source in merges.into_iter().chain([entries]) {
-                        merged.extend(source);
+                    let mut spelling: HashMap<String, String> = HashMap::new();
+                    for (key, v) in merges.into_iter().chain([entries]).flatten() {
+                        let key = spelling.entry(key_identity(&key)).or_insert(key).clone();
+                        merged.insert(key, v);
                     }
-                    Value::Object(merged)
+                    merged
                 };
+                if set {
+                    value.values_mut().for_each(|v| *v = Value::Null);
+                }
+                let value = Value::Object(value);
                 let node = Node { value, size, height: height + 1, kind: Kind::Other };
                 builder.finish(anchor, node, start)?;
             }
@@ -262,16 +297,30 @@ fn check_tag_end(text: &str, tag: Option<&str>, flow: usize, mark: Mark) -> Resu
 /// Refuses a block scalar header (`|`, `>-`, `|2`, ...) followed by anything but a space or
 /// a line break: libyaml reads `|#x` as a header and a comment, PyYAML refuses it.
 fn check_block_header(text: &str, at: usize, mark: Mark) -> Result<(), LoadError> {
-    let after = text.as_bytes().get(at + 1..).unwrap_or_default();
-    let indicators = after.iter().take(2).take_while(|b| matches!(b, b'+' | b'-' | b'0'..=b'9'));
-    match after.get(indicators.count()) {
-        None | Some(b' ' | b'\r' | b'\n') => Ok(()),
-        Some(_) => Err(error_at(
-            mark,
-            "a block scalar's `|` or `>` (and its indicators) must be followed by a space or \
-             the line's end",
-        )),
+    let after = text.get(at + 1..).unwrap_or_default();
+    let indicators =
+        after.bytes().take(2).take_while(|b| matches!(b, b'+' | b'-' | b'0'..=b'9')).count();
+    let rest = &after[indicators..];
+    let is_break = |c: char| matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}');
+    // PyYAML: a space or the line's end right after the indicators; then only spaces, and a
+    // comment or the line's end (a tab there stops it).
+    let ok = match rest.chars().next() {
+        None => true,
+        Some(c) if is_break(c) => true,
+        Some(' ') => {
+            let rest = rest.trim_start_matches(' ');
+            rest.is_empty() || rest.starts_with('#') || rest.starts_with(is_break)
+        }
+        Some(_) => false,
+    };
+    if ok {
+        return Ok(());
     }
+    Err(error_at(
+        mark,
+        "a block scalar's `|` or `>` (and its indicators) must be followed by spaces and a \
+         comment or the line's end",
+    ))
 }
 
 /// Where a scalar's content (its opening quote or block header) starts: past its tag and
@@ -401,6 +450,8 @@ enum Frame {
         height: usize,
         mark: Mark,
         flow: bool,
+        /// Tagged `!!omap` or `!!pairs`: a list of one-entry mappings, read as pairs.
+        pairs: bool,
     },
     Map(Box<MapFrame>),
 }
@@ -416,15 +467,28 @@ struct MapFrame {
     size: usize,
     /// The greatest height of the keys and values so far.
     height: usize,
+    /// Tagged `!!set`: the keys count, the values are null.
+    set: bool,
+    /// The keys so far, by what Python would take for the same key (`1`, `1.0` and `true`
+    /// are one key to it).
+    seen: std::collections::HashSet<String>,
     /// Written in braces.
     flow: bool,
+}
+
+/// What an alias stands for.
+struct Anchored {
+    value: Value,
+    size: usize,
+    height: usize,
+    plain: Option<String>,
 }
 
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
-    /// Anchored values with their sizes and heights.
-    anchors: HashMap<String, (Value, usize, usize)>,
+    /// Anchored values with their sizes, heights and (for a scalar resolved by content) text.
+    anchors: HashMap<String, Anchored>,
     /// Anchors whose node has started: defined, and usable once finished.
     defined: std::collections::HashSet<String>,
     expanded: usize,
@@ -457,7 +521,15 @@ impl Builder {
                     format!("anchors and aliases take the document past {MAX_VALUES} values"),
                 ));
             }
-            self.anchors.insert(anchor, (node.value.clone(), node.size, node.height));
+            // An anchored `=` can only have been a key (as a value it was refused), and PyYAML
+            // makes a key `=` a plain string, aliases included.
+            let plain = match &node.kind {
+                Kind::Plain(text) if text != "=" => Some(text.clone()),
+                _ => None,
+            };
+            let anchored =
+                Anchored { value: node.value.clone(), size: node.size, height: node.height, plain };
+            self.anchors.insert(anchor, anchored);
         }
         self.complete(node, mark)
     }
@@ -491,7 +563,7 @@ impl Builder {
                         frame.merges.extend(merge_sources(node.value, key_mark)?);
                     }
                     Some((Some(key), key_mark)) => {
-                        if frame.entries.contains_key(&key) {
+                        if !frame.seen.insert(key_identity(&key)) {
                             return Err(error_at(
                                 key_mark,
                                 format!("key {key:?} appears twice in one mapping"),
@@ -542,6 +614,34 @@ fn merge_sources(value: Value, mark: Mark) -> Result<Vec<Map<String, Value>>, Lo
     }
 }
 
+/// What Python takes a mapping key spelt `key` (as [`map_key`] spells keys) for, as a string:
+/// `1`, `1.0` and `true` are the same key to it, `0`, `0.0` and `false` another.
+fn key_identity(key: &str) -> String {
+    let value = resolve(key, Mark::default()).unwrap_or(Value::Null);
+    match value {
+        Value::Bool(b) => format!("n:{}", u8::from(b)),
+        Value::Number(n) => format!("n:{}", n.as_f64().unwrap_or(f64::NAN)),
+        Value::Null if !matches!(key, "" | "~" | "null" | "Null" | "NULL") => format!("s:{key}"),
+        Value::Null => "null".to_owned(),
+        _ => format!("s:{key}"),
+    }
+}
+
+/// The items of an `!!omap` or `!!pairs` list as `[key, value]` pairs (Python's tuples), each
+/// item having to be a mapping of one entry.
+fn key_value_pairs(items: Vec<Value>, mark: Mark) -> Result<Vec<Value>, LoadError> {
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Object(map) if map.len() == 1 => {
+                let (k, v) = map.into_iter().next().expect("one entry");
+                Ok(Value::Array(vec![Value::String(k), v]))
+            }
+            _ => Err(error_at(mark, "an !!omap or !!pairs list must hold one-entry mappings")),
+        })
+        .collect()
+}
+
 /// Refuses a collection tag `safe_load` has no constructor for.
 fn collection_tag(tag: Option<&str>, standard: &[&str], mark: Mark) -> Result<(), LoadError> {
     match tag {
@@ -554,7 +654,7 @@ fn collection_tag(tag: Option<&str>, standard: &[&str], mark: Mark) -> Result<()
 /// The value of a scalar, by its tag or (when `implicit`) by YAML 1.1's resolution rules.
 fn scalar(text: &str, tag: Option<&str>, implicit: bool, mark: Mark) -> Result<Value, LoadError> {
     if implicit {
-        return Ok(resolve(text));
+        return resolve(text, mark);
     }
     let Some(tag) = tag.filter(|t| *t != "!") else {
         return Ok(Value::String(text.to_owned()));
@@ -562,7 +662,11 @@ fn scalar(text: &str, tag: Option<&str>, implicit: bool, mark: Mark) -> Result<V
     // The value itself is not quoted: it may be a password.
     let wrong = |kind: &str| error_at(mark, format!("the value tagged {tag} is not {kind}"));
     match tag.strip_prefix(STANDARD) {
-        Some("str" | "binary" | "timestamp") => Ok(Value::String(text.to_owned())),
+        Some("str") => Ok(Value::String(text.to_owned())),
+        Some("binary") if base64_ok(text) => Ok(Value::String(text.to_owned())),
+        Some("binary") => Err(wrong("base64")),
+        Some("timestamp") if timestamp(text) == Some(true) => Ok(Value::String(text.to_owned())),
+        Some("timestamp") => Err(wrong("a date or time")),
         Some("null") => Ok(Value::Null),
         Some("bool") => match text.to_ascii_lowercase().as_str() {
             "yes" | "true" | "on" => Ok(Value::Bool(true)),
@@ -575,31 +679,143 @@ fn scalar(text: &str, tag: Option<&str>, implicit: bool, mark: Mark) -> Result<V
     }
 }
 
-/// YAML 1.1 implicit resolution of a plain scalar, as PyYAML's resolver does it.
-fn resolve(text: &str) -> Value {
-    match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
-            return Value::Bool(true)
+/// YAML 1.1 implicit resolution of a scalar PyYAML resolves by content, and construction of
+/// what it resolves to. PyYAML's patterns end in `$`, which in Python also matches before one
+/// final line break: a block scalar tagged `!` whose text is `12` and a newline is the integer
+/// 12, while `true` and a newline resolves to a boolean that cannot be built.
+fn resolve(text: &str, mark: Mark) -> Result<Value, LoadError> {
+    let core = text.strip_suffix('\n').filter(|c| !c.ends_with('\n')).unwrap_or(text);
+    let newline = core.len() != text.len();
+    let refuse = |what: &str| {
+        error_at(mark, format!("this value looks like {what} to cloud-init's reader, which then cannot read it; quote it"))
+    };
+    match core {
+        "" | "~" | "null" | "Null" | "NULL" => return Ok(Value::Null),
+        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" if !newline => {
+            return Ok(Value::Bool(true))
         }
-        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
-            return Value::Bool(false)
+        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" if !newline => {
+            return Ok(Value::Bool(false))
         }
-        // `=` resolves to the `value` tag, which safe_load cannot construct: keep the string
-        // (as a key PyYAML makes it one too).
+        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" | "no" | "No"
+        | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
+            return Err(refuse("a boolean"))
+        }
+        // `=` resolves to the `value` tag, which safe_load cannot construct as a value (the
+        // caller refuses it there; as a key PyYAML makes it a string).
         _ => {}
     }
-    if is_int(text) {
-        if let Some(v) = int(text) {
-            return v;
-        }
+    if is_int(core) {
+        return int(core).ok_or_else(|| refuse("an integer"));
     }
-    if is_float(text) {
-        if let Some(v) = float(text) {
-            return v;
-        }
+    if is_float(core) {
+        return float(core).ok_or_else(|| refuse("a number"));
     }
-    Value::String(text.to_owned())
+    match timestamp(core) {
+        Some(true) => Ok(Value::String(text.to_owned())),
+        Some(false) => Err(refuse("a date or time")),
+        None => Ok(Value::String(text.to_owned())),
+    }
+}
+
+/// Whether `text` has the form of a YAML 1.1 timestamp (`None` if not) and, if so, whether it
+/// is a date and time Python's `datetime` accepts.
+fn timestamp(text: &str) -> Option<bool> {
+    let b = text.as_bytes();
+    let num = |s: &[u8]| -> Option<u32> {
+        (!s.is_empty() && s.iter().all(u8::is_ascii_digit))
+            .then(|| s.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+    };
+    let year = num(b.get(..4)?)?;
+    let rest = b.get(4..)?;
+    let (month, rest) = dash_field(rest)?;
+    let (day, rest) = dash_field(rest)?;
+    let short = |n: &[u8]| n.len() == 2;
+    let valid_date = |m: u32, d: u32| {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        year >= 1 && (1..=12).contains(&m) && d >= 1 && d <= days[(m - 1) as usize]
+    };
+    if rest.is_empty() {
+        // The date-only form needs two-digit month and day.
+        return (short(month) && short(day))
+            .then(|| valid_date(num(month).unwrap_or(0), num(day).unwrap_or(0)));
+    }
+    // [Tt] or [ \t]+, then H?H:MM:SS(.f*)?, then ([ \t]*(Z|[-+]H?H(:MM)?))?
+    let rest = match rest[0] {
+        b'T' | b't' => &rest[1..],
+        b' ' | b'\t' => {
+            let skip = rest.iter().take_while(|c| matches!(c, b' ' | b'\t')).count();
+            &rest[skip..]
+        }
+        _ => return None,
+    };
+    let hour_len = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    if !(1..=2).contains(&hour_len) {
+        return None;
+    }
+    let hour = num(&rest[..hour_len])?;
+    let rest = &rest[hour_len..];
+    let (minute, rest) = colon_two(rest)?;
+    let (second, mut rest) = colon_two(rest)?;
+    if rest.first() == Some(&b'.') {
+        let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        rest = &rest[1 + n..];
+    }
+    let skip = rest.iter().take_while(|c| matches!(c, b' ' | b'\t')).count();
+    let zone = &rest[skip..];
+    let zone_ok = match zone {
+        [] if skip == 0 => true,
+        [] => return None,
+        [b'Z'] => true,
+        [b'+' | b'-', tz @ ..] => {
+            let h = tz.iter().take_while(|c| c.is_ascii_digit()).count();
+            if !(1..=2).contains(&h) {
+                return None;
+            }
+            match &tz[h..] {
+                [] => num(&tz[..h])? < 24,
+                [b':', m1, m2] if m1.is_ascii_digit() && m2.is_ascii_digit() => num(&tz[..h])? < 24,
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    let time_ok = hour < 24 && minute < 60 && second < 60;
+    Some(zone_ok && time_ok && valid_date(num(month)?, num(day)?))
+}
+
+/// `-` and one or two digits: the digits and what follows.
+fn dash_field(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = b.strip_prefix(b"-")?;
+    let n = rest.iter().take(2).take_while(|c| c.is_ascii_digit()).count();
+    (n > 0).then(|| (&rest[..n], &rest[n..]))
+}
+
+/// `:` and exactly two digits: their value and what follows.
+fn colon_two(b: &[u8]) -> Option<(u32, &[u8])> {
+    match b {
+        [b':', t, u, rest @ ..] if t.is_ascii_digit() && u.is_ascii_digit() => {
+            Some((u32::from(t - b'0') * 10 + u32::from(u - b'0'), rest))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `text` is base64 as Python's lenient decoder (which `!!binary` uses) takes it:
+/// ASCII, characters outside the alphabet ignored, the padding complete.
+fn base64_ok(text: &str) -> bool {
+    if !text.is_ascii() {
+        return false;
+    }
+    let data =
+        text.bytes().filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/')).count();
+    let pads = text.bytes().filter(|&b| b == b'=').count();
+    match data % 4 {
+        0 => true,
+        1 => false,
+        r => pads >= 4 - r,
+    }
 }
 
 fn to_float(v: Value) -> Value {
@@ -692,44 +908,63 @@ fn is_float(text: &str) -> bool {
     digits_(whole) && digits_(&frac[..end]) && exponent_ok(&frac[end..])
 }
 
-/// The integer a matching text stands for (floats past 64 bits).
+/// The integer a text stands for, as PyYAML's constructor reads it (`None`: it cannot).
+/// Past 64 bits it becomes a float: PyYAML's integers have no bound, JSON's do.
 fn int(text: &str) -> Option<Value> {
     let cleaned: String = text.chars().filter(|&c| c != '_').collect();
     let (negative, t) = sign(&cleaned);
-    let magnitude: u128 = if let Some(bits) = t.strip_prefix("0b") {
-        u128::from_str_radix(bits, 2).ok()?
-    } else if let Some(hex) = t.strip_prefix("0x") {
-        u128::from_str_radix(hex, 16).ok()?
-    } else if t.contains(':') {
-        t.split(':').try_fold(0u128, |acc, d| acc.checked_mul(60)?.checked_add(d.parse().ok()?))?
-    } else if t.len() > 1 && t.starts_with('0') {
-        // Python's int(text, 8), which PyYAML calls here, also takes a `0o` prefix.
-        let digits = t[1..].strip_prefix(['o', 'O']).unwrap_or(&t[1..]);
-        u128::from_str_radix(digits, 8).ok()?
-    } else {
-        match t.parse() {
-            Ok(magnitude) => magnitude,
-            // Past 128 bits: PyYAML's integer has no bound, ours becomes a float.
-            Err(_) if all(t, |b| b.is_ascii_digit()) => {
-                return Some(to_float(Value::from(cleaned.parse::<f64>().ok()?)))
-            }
-            Err(_) => return None,
+    // (exact value while it fits, the value as a float)
+    let digits = |s: &str, radix: u32| -> Option<(Option<u128>, f64)> {
+        // Python's int(), which PyYAML calls, allows spaces around the digits.
+        let s = s.trim();
+        if s.is_empty() {
+            return None;
         }
+        s.chars().try_fold((Some(0u128), 0f64), |(exact, approx), c| {
+            let d = c.to_digit(radix)?;
+            let exact =
+                exact.and_then(|e| e.checked_mul(u128::from(radix))?.checked_add(u128::from(d)));
+            Some((exact, approx * f64::from(radix) + f64::from(d)))
+        })
     };
-    let number = if negative {
-        i64::try_from(magnitude)
-            .ok()
-            .map(|m| Number::from(-m))
-            .or_else(|| (magnitude == 1 << 63).then(|| Number::from(i64::MIN)))
+    let (exact, approx) = if t == "0" {
+        (Some(0), 0.0)
+    } else if let Some(bits) = t.strip_prefix("0b") {
+        digits(bits, 2)?
+    } else if let Some(hex) = t.strip_prefix("0x") {
+        digits(hex, 16)?
+    } else if let Some(octal) = t.strip_prefix('0') {
+        // Python's int(text, 8), which PyYAML calls here on the whole text, also takes a `0o`
+        // prefix, and spaces only at the ends.
+        let octal = octal.strip_prefix(['o', 'O']).unwrap_or(octal);
+        if octal.starts_with(char::is_whitespace) {
+            return None;
+        }
+        digits(octal, 8)?
+    } else if t.contains(':') {
+        t.split(':').try_fold((Some(0u128), 0f64), |(exact, approx), part| {
+            let (e, a) = digits(part, 10)?;
+            let exact = exact.zip(e).and_then(|(x, e)| x.checked_mul(60)?.checked_add(e));
+            Some((exact, approx * 60.0 + a))
+        })?
     } else {
-        u64::try_from(magnitude).ok().map(Number::from)
+        let (exact, _) = digits(t, 10)?;
+        // Decimal text converts to the correctly rounded float, as Python's float(int) does.
+        (exact, t.trim().parse::<f64>().ok()?)
     };
+    let number = exact.and_then(|magnitude| {
+        if negative {
+            i64::try_from(magnitude)
+                .ok()
+                .map(|m| Number::from(-m))
+                .or_else(|| (magnitude == 1 << 63).then(|| Number::from(i64::MIN)))
+        } else {
+            u64::try_from(magnitude).ok().map(Number::from)
+        }
+    });
     Some(match number {
         Some(n) => Value::Number(n),
-        #[allow(clippy::cast_precision_loss)]
-        None => {
-            to_float(Value::from(if negative { -(magnitude as f64) } else { magnitude as f64 }))
-        }
+        None => to_float(Value::from(if negative { -approx } else { approx })),
     })
 }
 
@@ -741,9 +976,11 @@ fn float(text: &str) -> Option<Value> {
     let magnitude: f64 = if t == ".inf" || t == ".nan" {
         return Some(Value::Null);
     } else if t.contains(':') {
-        t.split(':').try_fold(0f64, |acc, part| Some(acc * 60.0 + part.parse::<f64>().ok()?))?
+        // Python's float(), which PyYAML calls on each part, allows spaces around it.
+        t.split(':')
+            .try_fold(0f64, |acc, part| Some(acc * 60.0 + part.trim().parse::<f64>().ok()?))?
     } else {
-        t.parse().ok()?
+        t.trim().parse().ok()?
     };
     Some(to_float(Value::from(if negative { -magnitude } else { magnitude })))
 }
