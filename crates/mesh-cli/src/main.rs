@@ -38,7 +38,7 @@ struct Cli {
 struct SeedArgs {
     /// Output image.
     out: PathBuf,
-    /// user-data file.
+    /// user-data file (`-`: standard input, for one of the inputs).
     #[arg(long)]
     user_data: PathBuf,
     /// meta-data file.
@@ -1055,12 +1055,24 @@ async fn image(cmd: ImageCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An input file's bytes; `-` is standard input.
 fn read_input(path: &std::path::Path) -> Result<Vec<u8>> {
+    if path == std::path::Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+            .context("cannot read standard input")?;
+        return Ok(bytes);
+    }
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 fn seed(args: SeedArgs) -> Result<ExitCode> {
     let SeedArgs { out, user_data, meta_data, network_config, vendor_data, format } = args;
+    let inputs =
+        [Some(&user_data), Some(&meta_data), network_config.as_ref(), vendor_data.as_ref()];
+    if inputs.iter().flatten().filter(|p| p.as_os_str() == "-").count() > 1 {
+        bail!("only one input can be read from standard input (-)");
+    }
     let ud = read_input(&user_data)?;
     let md = read_input(&meta_data)?;
     let nc = network_config.as_deref().map(read_input).transpose()?;

@@ -215,3 +215,46 @@ fn seed_iso_follows_source_date_epoch() {
     let read = |n: &str| fs::read(tmp.path().join(n)).expect("image");
     assert_eq!(read("a.iso"), read("b.iso"));
 }
+
+#[test]
+fn seed_does_not_replace_a_file_the_user_may_not_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    inputs(dir.path());
+    // The directory is writable for all, the output is read-only: a rename would succeed,
+    // `cat > OUT` would not, and neither may mesh seed.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod dir");
+    let binary = dir.path().join("mesh");
+    fs::copy(env!("CARGO_BIN_EXE_mesh"), &binary).expect("copy the binary");
+    fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).expect("chmod binary");
+    let out = dir.path().join("seed.iso");
+    fs::write(&out, "precious").expect("old output");
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o444)).expect("chmod out");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        // Root may write anything; run as nobody, as a user would meet this.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&binary);
+        c
+    } else {
+        Command::new(&binary)
+    };
+    cmd.current_dir(dir.path()).args([
+        "seed",
+        "seed.iso",
+        "--user-data",
+        "ud",
+        "--meta-data",
+        "md",
+    ]);
+    let o = run(&mut cmd);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("seed.iso") && err.contains("Permission denied"), "{err}");
+    assert_eq!(fs::read(&out).expect("output"), b"precious");
+    let left: Vec<_> =
+        fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(left.len(), 5, "something was left: {left:?}");
+}

@@ -85,6 +85,16 @@ pub enum SeedError {
         #[source]
         source: std::io::Error,
     },
+    /// The temporary file, written next to the output and then renamed over it, cannot be
+    /// created (a directory the user may not write in, say).
+    #[error("cannot create a temporary file in {dir} (the seed is written there, then renamed to its name)")]
+    CreateTemp {
+        /// The output's directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Moving the finished image into place failed.
     #[error("cannot rename {from} to {to}")]
     Rename {
@@ -335,12 +345,8 @@ impl Seed {
 /// a host crash it is rebuilt rather than trusted; an fsync per node costs milliseconds on a
 /// busy disk, more than building the seed.
 fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
-    let out = &match fs::symlink_metadata(out) {
-        Ok(m) if m.file_type().is_symlink() => {
-            fs::canonicalize(out).unwrap_or_else(|_| out.to_owned())
-        }
-        _ => out.to_owned(),
-    };
+    let failed = |source| SeedError::WriteImage { path: out.to_owned(), source };
+    let out = &follow_symlinks(out).map_err(failed)?;
     let failed = |source| SeedError::WriteImage { path: out.to_owned(), source };
     match fs::metadata(out) {
         Ok(m) if m.is_dir() => {
@@ -357,9 +363,19 @@ fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
             device.write_all(image).and_then(|()| device.flush()).map_err(failed)?;
             return Ok(());
         }
-        _ => {}
+        // Replacing a file is refused where writing into it would be (`cat > OUT`): the
+        // rename itself asks only for the directory's permission.
+        Ok(_) => drop(fs::OpenOptions::new().write(true).open(out).map_err(failed)?),
+        Err(_) => {}
     }
-    let (temp, file) = create_temp(out).map_err(failed)?;
+    let (temp, file) = create_temp(out).map_err(|source| SeedError::CreateTemp {
+        dir: out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned(),
+        source,
+    })?;
     let written = (|| {
         if let Some(old) = fs::metadata(out).ok().filter(|m| m.is_file()) {
             file.set_permissions(old.permissions())?;
@@ -374,6 +390,26 @@ fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
     rename_into_place(&temp, out)?;
     tracing::debug!(path = %out.display(), bytes = image.len(), "seed image written");
     Ok(())
+}
+
+/// The path a symbolic link at `path` leads to (`path` itself if it is none), followed link by
+/// link as `open` would: a link to a missing file leads to that file's path, and a loop is an
+/// error.
+fn follow_symlinks(path: &Path) -> std::io::Result<PathBuf> {
+    let mut path = path.to_owned();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
 /// Writes `image` into the empty `file`, leaving all-zero 4 KiB blocks as holes: most of a
@@ -420,7 +456,15 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 /// `O_EXCL`: a file or symlink someone else put under that name is never opened, the next
 /// name is tried instead.
 fn create_temp(out: &Path) -> std::io::Result<(PathBuf, fs::File)> {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    // Room for the dot and suffix within a file name's 255 bytes.
+    if name.len() > 200 {
+        let mut end = 200;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
     let mut tries = 0;
     loop {
         let serial = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -473,6 +517,27 @@ mod tests {
 
         let error = write_image(b"x", dir.path()).expect_err("a directory");
         assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn write_image_follows_dangling_links_refuses_loops_and_takes_long_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let link = dir.path().join("link.iso");
+        std::os::unix::fs::symlink("sub/target.iso", &link).expect("symlink");
+        fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        write_image(b"new", &link).expect("written through a dangling link");
+        assert!(fs::symlink_metadata(&link).expect("link").file_type().is_symlink());
+        assert_eq!(fs::read(dir.path().join("sub/target.iso")).expect("target"), b"new");
+
+        let a = dir.path().join("a.iso");
+        std::os::unix::fs::symlink("b.iso", &a).expect("symlink");
+        std::os::unix::fs::symlink("a.iso", dir.path().join("b.iso")).expect("symlink");
+        let error = write_image(b"x", &a).expect_err("a loop");
+        assert!(error.to_string().contains("a.iso"), "{error}");
+
+        let long = dir.path().join("s".repeat(250));
+        write_image(b"long", &long).expect("a 250-byte name");
+        assert_eq!(fs::read(&long).expect("long"), b"long");
     }
 
     #[test]

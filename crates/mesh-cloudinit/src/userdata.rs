@@ -122,15 +122,39 @@ pub fn parse_user_data(bytes: &[u8]) -> Result<UserData, UserDataError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|source| UserDataError::Decode { offset: source.valid_up_to(), source })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let text = text.trim_start_matches([' ', '\t', '\n', '\r']);
-    if text.is_empty() {
+    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    if trimmed.is_empty() {
         return Err(UserDataError::CheckEmpty);
     }
 
-    if has_mime_marker(text.as_bytes()) {
-        return parse_multipart(text.as_bytes());
+    if has_mime_marker(trimmed.as_bytes()) {
+        return parse_multipart(trimmed.as_bytes());
     }
-    parse_single(text)
+    // Errors give the line in the file as given, blank lines removed above included.
+    let removed = text[..text.len() - trimmed.len()].bytes().filter(|&b| b == b'\n').count();
+    parse_single(trimmed).map_err(|e| e.lines_later(removed))
+}
+
+impl UserDataError {
+    /// The same error with its line number `n` lines further down.
+    fn lines_later(self, n: usize) -> Self {
+        match self {
+            UserDataError::CheckControlCharacter { code, line, column } => {
+                UserDataError::CheckControlCharacter { code, line: line + n, column }
+            }
+            UserDataError::ParseCloudConfig(YamlError::TabIndentation { document, line }) => {
+                UserDataError::ParseCloudConfig(YamlError::TabIndentation {
+                    document,
+                    line: line + n,
+                })
+            }
+            UserDataError::ParseCloudConfig(YamlError::Parse { document, mut error }) => {
+                error.line += n as u64;
+                UserDataError::ParseCloudConfig(YamlError::Parse { document, error })
+            }
+            other => other,
+        }
+    }
 }
 
 /// A cloud-config document or script (not MIME), leading whitespace already removed.

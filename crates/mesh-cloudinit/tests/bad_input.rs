@@ -191,3 +191,11 @@ fn good_inputs_pass_through_byte_for_byte() {
     assert_eq!(files[2].1, network);
     assert_eq!(seed.instance_id(), "iid-test");
 }
+
+#[test]
+fn errors_after_leading_blank_lines_name_the_files_line() {
+    let error = user_data_error(b"\n\n\n#cloud-config\nhostname: a\nhostname: b\n");
+    assert!(error.to_string().contains("line 6"), "{error}");
+    let error = user_data_error(b"\r\n\n#cloud-config\nruncmd:\n\t- x\n");
+    assert!(error.to_string().contains("line 5"), "{error}");
+}
