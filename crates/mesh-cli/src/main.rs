@@ -644,7 +644,7 @@ fn load_plan(name: &str) -> Result<MeshPlan> {
 }
 
 fn status(name: Option<String>, json: bool) -> Result<ExitCode> {
-    let mut meshes = mesh_core::teardown::list();
+    let mut meshes = mesh_core::teardown::list()?;
     if let Some(n) = &name {
         mesh_core::spec::validate_name(n)?;
         meshes.retain(|m| &m.name == n);
@@ -826,7 +826,7 @@ impl Drop for RawTerminal {
 
 async fn down(name: Option<String>, all: bool) -> Result<ExitCode> {
     let names: Vec<String> = if all {
-        mesh_core::teardown::list()
+        mesh_core::teardown::list()?
             .into_iter()
             .filter(|m| m.state != mesh_core::teardown::MeshState::Owned)
             .map(|m| m.name)
@@ -996,7 +996,7 @@ fn print_removed(name: &str, report: &mesh_core::teardown::TeardownReport) {
 }
 
 async fn gc() -> Result<ExitCode> {
-    let removed = mesh_core::teardown::gc().await;
+    let removed = mesh_core::teardown::gc().await?;
     if removed.is_empty() {
         println!("nothing to collect");
     }

@@ -240,3 +240,16 @@ fn output_that_cannot_be_written_is_one_line_and_status_1() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_state_path_that_is_not_a_directory_is_an_error_not_an_empty_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("state"), "not a directory").expect("state file");
+    for args in [&["status"][..], &["down", "--all"]] {
+        let o = run(mesh(dir.path()).args(args));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("state directory"), "{args:?}: {err}");
+    }
+}

@@ -183,15 +183,26 @@ pub fn inspect(dir: &Path) -> MeshSummary {
 }
 
 /// Every mesh with a state directory.
-pub fn list() -> Vec<MeshSummary> {
+///
+/// No state directory yet means no meshes; a state path that cannot be read (a file, no
+/// permission) is an error, not an empty list, so that `gc` never takes live meshes for
+/// strays.
+pub fn list() -> std::io::Result<Vec<MeshSummary>> {
     let root = crate::plan::state_root();
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Vec::new();
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read the mesh state directory {}: {e}", root.display()),
+            ))
+        }
     };
     let mut out: Vec<MeshSummary> =
         entries.flatten().filter(|e| e.path().is_dir()).map(|e| inspect(&e.path())).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    Ok(out)
 }
 
 /// Tears down mesh `name` (not while a `mesh up` owns it).
@@ -222,10 +233,10 @@ pub async fn down(name: &str) -> Result<TeardownReport, TeardownError> {
 
 /// Removes every mesh left by a crashed or killed run (not kept, not owned), and namespaces
 /// named like ours that have no state at all. Returns the names removed.
-pub async fn gc() -> Vec<(String, TeardownReport)> {
+pub async fn gc() -> std::io::Result<Vec<(String, TeardownReport)>> {
     let mut removed = Vec::new();
     let mut known = Vec::new();
-    for summary in list() {
+    for summary in list()? {
         known.push(format!("{NETNS_PREFIX}{}", summary.name));
         if summary.state != MeshState::Stale {
             continue;
@@ -250,7 +261,7 @@ pub async fn gc() -> Vec<(String, TeardownReport)> {
             }
         }
     }
-    removed
+    Ok(removed)
 }
 
 /// Whether any process runs inside the namespace bound at `path`. A namespace with no state
