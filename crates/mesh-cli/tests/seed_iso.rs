@@ -258,3 +258,34 @@ fn seed_does_not_replace_a_file_the_user_may_not_write() {
         fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
     assert_eq!(left.len(), 5, "something was left: {left:?}");
 }
+
+#[test]
+fn iso_killed_while_writing_leaves_nothing_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).expect("mkdir");
+    // 8 GiB of holes: reading them costs no disk, writing the image takes seconds.
+    let big = fs::File::create(tree.join("big")).expect("create");
+    big.set_len(8 << 30).expect("sparse file");
+    let out_dir = dir.path().join("out");
+    fs::create_dir(&out_dir).expect("mkdir");
+    let mut child = mesh()
+        .args(["iso"])
+        .arg(out_dir.join("big.iso"))
+        .arg(&tree)
+        .spawn()
+        .expect("start mesh iso");
+    // Kill it once it is writing: the image's output directory then has a file only if the
+    // image is written under a name before it is complete.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(600) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "mesh iso ended before it was killed");
+    let left: Vec<_> =
+        fs::read_dir(&out_dir).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

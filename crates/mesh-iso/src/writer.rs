@@ -300,6 +300,8 @@ fn write_iso_with<W: Write>(
 /// Writes the image of `tree` to the file `out`, atomically: the image goes to a temporary
 /// file in the same directory, is synced, then renamed onto `out`. On error nothing is
 /// left at `out` (an existing file there is untouched) and the temporary file is removed.
+/// Where the filesystem allows, the temporary file has no name until it is complete, so a
+/// process killed while writing leaves nothing either.
 ///
 /// A symbolic link at `out` is written through (the file it names is replaced, the link
 /// stays). A device or FIFO at `out` (a disk, `/dev/stdout`) is written into, not replaced.
@@ -334,20 +336,37 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
         _ => Path::new("."),
     };
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let temp_name = || {
+        dir.join(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ))
+    };
+    let mut tmp = temp_name();
 
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(|source| WriteError::CreateTemp { path: tmp.clone(), source })?;
-    // Removes the temporary file on every way out, panics included, until disarmed.
-    let mut guard = TempGuard { path: Some(tmp.as_path()) };
+    // An unnamed file where the filesystem has them (O_TMPFILE): a process killed while
+    // writing leaves nothing behind, since the image gets a name only once it is complete.
+    // Elsewhere a named temporary file, removed on every way out but a kill.
+    let unnamed =
+        OpenOptions::new().write(true).mode(0o644).custom_flags(libc::O_TMPFILE).open(dir);
+    let (mut file, named) = match unnamed {
+        Ok(file) => (file, false),
+        Err(e)
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) =>
+        {
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)
+                .map_err(|source| WriteError::CreateTemp { path: tmp.clone(), source })?;
+            (file, true)
+        }
+        Err(source) => return Err(WriteError::CreateTemp { path: dir.to_owned(), source }),
+    };
+    // Removes the named temporary file on every way out, panics included, until disarmed.
+    let mut guard = TempGuard { path: named.then_some(tmp.clone()) };
 
     // The image must be on disk before the rename; asking for the write-back of what is
     // written as it grows lets the disk work while the rest is copied, instead of all of
@@ -372,6 +391,20 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
     };
     write_iso_with(tree, opts, &mut file, &mut write_back)?;
     file.sync_all().map_err(|source| WriteError::SyncTemp { path: tmp.clone(), source })?;
+    if !named {
+        let mut tries = 0;
+        loop {
+            match link_unnamed(&file, &tmp) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 100 => {
+                    tries += 1;
+                    tmp = temp_name();
+                }
+                Err(source) => return Err(WriteError::CreateTemp { path: tmp.clone(), source }),
+            }
+        }
+        guard.path = Some(tmp.clone());
+    }
     drop(file);
     fs::rename(&tmp, out).map_err(|source| WriteError::RenameTemp {
         from: tmp.clone(),
@@ -390,14 +423,58 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
 /// Bytes of image after which [`write_iso_file`] starts their write-back.
 const WRITE_BACK_STEP: u64 = 8 << 20;
 
-/// Deletes a temporary file when dropped, unless `path` was cleared.
-struct TempGuard<'p> {
-    path: Option<&'p Path>,
+/// Gives the unnamed file `file` (opened with `O_TMPFILE`) the name `path`, which must not
+/// exist yet (`AlreadyExists` otherwise: a name is never taken over).
+fn link_unnamed(file: &File, path: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let by_proc = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::other("descriptor path"))?;
+    let target = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
+    // SAFETY: both strings are NUL-terminated and live for the call; linkat only reads them.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            by_proc.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::ENOENT) {
+        return Err(error);
+    }
+    // No /proc: link the descriptor itself (allowed to privileged processes only).
+    // SAFETY: as above; the empty path with AT_EMPTY_PATH names `file`'s descriptor.
+    let linked = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if linked == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
-impl Drop for TempGuard<'_> {
+/// Deletes a temporary file when dropped, unless `path` was cleared.
+struct TempGuard {
+    path: Option<PathBuf>,
+}
+
+impl Drop for TempGuard {
     fn drop(&mut self) {
-        if let Some(path) = self.path {
+        if let Some(path) = &self.path {
             // Best effort: the error being propagated is what the caller needs to see.
             let _ = fs::remove_file(path);
         }
