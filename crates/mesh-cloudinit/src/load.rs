@@ -617,6 +617,12 @@ fn merge_sources(value: Value, mark: Mark) -> Result<Vec<Map<String, Value>>, Lo
 /// What Python takes a mapping key spelt `key` (as [`map_key`] spells keys) for, as a string:
 /// `1`, `1.0` and `true` are the same key to it, `0`, `0.0` and `false` another.
 fn key_identity(key: &str) -> String {
+    // Only these first characters can start a number, boolean or null.
+    let maybe_not_a_string =
+        key.chars().next().is_none_or(|c| "+-.0123456789~nNyYtTfFoO".contains(c));
+    if !maybe_not_a_string {
+        return format!("s:{key}");
+    }
     let value = resolve(key, Mark::default()).unwrap_or(Value::Null);
     match value {
         Value::Bool(b) => format!("n:{}", u8::from(b)),
