@@ -112,6 +112,9 @@ fn on_purpose(e: &LoadError) -> bool {
         || e.message.contains("anchors and aliases take")
         || e.message.contains("contains itself")
         || e.message.contains("on a list or mapping")
+        // An alias of a `=` key used as a value: PyYAML reads it or not depending on the order
+        // in which it builds the mappings.
+        || e.message.contains("cannot be a value")
 }
 
 /// Checks every text against PyYAML.
@@ -250,6 +253,33 @@ fn yaml11_corners_read_as_pyyaml_reads_them() {
         "--- !!set\na: 1\n",
         "\u{feff}a: |\n  x\n",
         "\u{feff}a:\t\"xyz\"\n",
+        // Found by a second break-it pass.
+        "password: &a #c\n  !!str\t'pw'\n",
+        "a: !!str #c\n  &x\t'y'\n",
+        "a: &x #\n  |#x\n",
+        "- &x #\n  |2#\n  x\n",
+        "a: !!str\u{85}|#x\n",
+        "a: !!binary # base64 follows\n  |\n  aGVsbG8=\n",
+        "a: !<tag:yaml.org,2002:int%00junk> '12'\n",
+        "%TAG !e! tag:yaml.org,2002:i%00\n---\na: !e!nt '12'\n",
+        "a: [!<tag:yaml.org,2002:str> 1]\n",
+        "a: !!binary 'YQ=a'\n",
+        "a: !!binary '=YQ='\n",
+        "a: !!binary 'Y=Q='\n",
+        "a: !!binary 'aGVsbG8=xyz'\n",
+        "a: 2001-12-14 21:59:43 +23:60\n",
+        "a: 2001-12-14 21:59:43 +23:59\n",
+        "%YAML 1.1#c\n---\na: 1\n",
+        "a: ! |\n  .inf\n",
+        "a: ! \"<<\\n\"\n",
+        "a: ! \"=\\n\"\n",
+        "a: ! \"\\n\"\n",
+        "<<: {x: 1}\n! \"<<\\n\": {y: 1}\n",
+        "a: {&x =: 1}\nb: *x\n",
+        "{'yes': 1, 'true': 2}\n",
+        "'1.10': a\n'1.1': b\n",
+        "'': 1\n~: 2\n",
+        "a: \"x\n\ty\"\n",
     ];
     let mut texts: Vec<String> = texts.iter().map(|t| (*t).to_owned()).collect();
     // Nesting: PyYAML gives up (RecursionError) long before 5,000 levels. (Reading back
