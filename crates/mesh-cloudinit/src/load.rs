@@ -464,6 +464,15 @@ fn parse_error(text: &str, error: ParseError) -> LoadError {
         Some((context, _)) => format!("{} {context}", error.problem),
         None => error.problem,
     };
+    // libyaml, unlike PyYAML, takes a block scalar's indentation from its first line's leading
+    // blanks, tab included, when the header does not give it.
+    let hint = "; give the block its indentation in the header (`|2` for two spaces) and the tab \
+                is kept as text";
+    let message = if message.contains("found a tab character where an indentation space") {
+        message + hint
+    } else {
+        message
+    };
     LoadError { syntax: true, ..error_at(mark, message) }
 }
 
@@ -1152,6 +1161,14 @@ mod tests {
             let error = load(&text).expect_err("too deep");
             assert!(error.message.contains("nest more than"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_tab_opening_a_block_scalar_is_refused_with_the_way_round_it() {
+        let refused = load("a: |\n  \tcc x\n  all: x\n").expect_err("libyaml refuses it");
+        assert!(refused.message.contains("`|2`"), "{refused}");
+        let read = load("a: |2\n  \tcc x\n  all: x\n").expect("with the indentation given");
+        assert_eq!(read, serde_json::json!({"a": "\tcc x\nall: x\n"}));
     }
 
     #[test]
