@@ -319,7 +319,7 @@ extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc:
     };
     if let Err(e) = std::io::stdout().flush() {
         if !OUTPUT_FAILED.load(std::sync::atomic::Ordering::Relaxed) {
-            eprintln!("error: cannot write to standard output: {e}");
+            output_failed(&e);
         }
         return 1;
     }
@@ -330,6 +330,13 @@ extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc:
 /// with SIGPIPE ignored): the command then ends with status 1 and a one-line error.
 #[cfg_attr(test, allow(dead_code))]
 static OUTPUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reports, once, that standard output cannot be written.
+#[cfg_attr(test, allow(dead_code))]
+fn output_failed(reason: &dyn std::fmt::Display) {
+    OUTPUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("error: cannot write to standard output: {reason}");
+}
 
 /// The panic hook. `println!` panics when standard output cannot be written; that is the
 /// user's environment, not a bug, so it gets a one-line error. Any other panic is reported
@@ -344,8 +351,7 @@ fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
         .or_else(|| info.payload().downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned());
     if let Some(reason) = message.strip_prefix("failed printing to stdout: ") {
-        OUTPUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
-        eprintln!("error: cannot write to standard output: {reason}");
+        output_failed(&reason);
         return;
     }
     let thread = std::thread::current();
@@ -408,8 +414,7 @@ fn run(argv: Vec<std::ffi::OsString>) -> ExitCode {
             return match e.print() {
                 Ok(()) => ExitCode::from(code),
                 Err(io) => {
-                    OUTPUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
-                    eprintln!("error: cannot write to standard output: {io}");
+                    output_failed(&io);
                     ExitCode::FAILURE
                 }
             };

@@ -346,7 +346,7 @@ impl Seed {
 /// busy disk, more than building the seed.
 fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
     let failed = |source| SeedError::WriteImage { path: out.to_owned(), source };
-    let out = &follow_symlinks(out).map_err(failed)?;
+    let out = &mesh_iso::follow_symlinks(out).map_err(failed)?;
     let failed = |source| SeedError::WriteImage { path: out.to_owned(), source };
     match fs::metadata(out) {
         Ok(m) if m.is_dir() => {
@@ -390,26 +390,6 @@ fn write_image(image: &[u8], out: &Path) -> Result<(), SeedError> {
     rename_into_place(&temp, out)?;
     tracing::debug!(path = %out.display(), bytes = image.len(), "seed image written");
     Ok(())
-}
-
-/// The path a symbolic link at `path` leads to (`path` itself if it is none), followed link by
-/// link as `open` would: a link to a missing file leads to that file's path, and a loop is an
-/// error.
-fn follow_symlinks(path: &Path) -> std::io::Result<PathBuf> {
-    let mut path = path.to_owned();
-    for _ in 0..40 {
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = fs::read_link(&path)?;
-                path = match path.parent() {
-                    Some(dir) if target.is_relative() => dir.join(target),
-                    _ => target,
-                };
-            }
-            _ => return Ok(path),
-        }
-    }
-    Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
 /// Writes `image` into the empty `file`, leaving all-zero 4 KiB blocks as holes: most of a

@@ -83,4 +83,4 @@ mod writer;
 
 pub use bench::{make_bench_tree, BenchTree};
 pub use tree::{IsoTree, TreeError};
-pub use writer::{write_iso, write_iso_file, IsoOptions, WriteError};
+pub use writer::{follow_symlinks, write_iso, write_iso_file, IsoOptions, WriteError};

@@ -308,14 +308,9 @@ fn write_iso_with<W: Write>(
 /// A directory is refused.
 pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(), WriteError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let resolved;
-    let out = match fs::symlink_metadata(out) {
-        Ok(m) if m.file_type().is_symlink() => {
-            resolved = fs::canonicalize(out).unwrap_or_else(|_| out.to_owned());
-            resolved.as_path()
-        }
-        _ => out,
-    };
+    let output_failed = |source| WriteError::WriteOutput { path: out.to_owned(), source };
+    let resolved = follow_symlinks(out).map_err(output_failed)?;
+    let out = resolved.as_path();
     let output_failed = |source| WriteError::WriteOutput { path: out.to_owned(), source };
     match fs::metadata(out) {
         Ok(m) if m.is_dir() => {
@@ -418,6 +413,26 @@ pub fn write_iso_file(tree: &IsoTree, opts: &IsoOptions, out: &Path) -> Result<(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The path a symbolic link at `path` leads to (`path` itself if it is none), followed link by
+/// link as `open` would: a link to a missing file leads to that file's path, and a loop is an
+/// error.
+pub fn follow_symlinks(path: &Path) -> io::Result<PathBuf> {
+    let mut path = path.to_owned();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(io::Error::other("too many levels of symbolic links"))
 }
 
 /// Bytes of image after which [`write_iso_file`] starts their write-back.
